@@ -1,0 +1,1 @@
+"""Destinations: where the relay delivers events."""

@@ -1,0 +1,263 @@
+"""The ``Outbox``: the one configuration object shared by the web app and the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from outbox_events import session as session_hooks
+from outbox_events import unit_of_work
+from outbox_events.exceptions import ConfigurationError
+from outbox_events.handlers.base import BaseEventHandler, Destination
+from outbox_events.relay.worker import DrainResult, Relay
+from outbox_events.retry import RetryPolicy
+from outbox_events.store import engine as engines
+from outbox_events.store import migrate as migrations
+from outbox_events.store.store import OutboxStore, Row
+from outbox_events.store.tables import DEFAULT_TABLE, PENDING, outbox_table
+
+__all__ = ["Outbox"]
+
+logger = logging.getLogger(__name__)
+
+RelayMode = Literal["embedded", "external"]
+MAX_PAYLOAD_SIZE = 256 * 1024  # bytes of serialised JSON per event
+BATCH_SIZE = 100  # deliveries claimed per round trip
+POLL_INTERVAL = 1.0  # seconds between polls when nothing wakes the relay
+LEASE = 30.0  # seconds a claim holds its rows before another relay may take them
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Outbox:
+    """Where events are stored, where they go, and how they are retried.
+
+    Args:
+        database: A database URL (``postgresql+asyncpg://...`` or ``sqlite+aiosqlite:///...``)
+            or an ``AsyncEngine``; an engine given here is not disposed by ``close()``.
+        handlers: The destinations: ``local_handler``, ``SQSForwardHandler(...)``, custom
+            ``BaseEventHandler`` subclasses.
+        table: Name of the outbox table.
+        schema: Database schema of the table (PostgreSQL).
+        retry: Backoff and attempts before dead-lettering.
+        relay: ``"embedded"`` runs the relay inside this process (started by the middleware's
+            lifespan, or lazily on the first request); ``"external"`` only writes, for
+            deployments that run ``outbox-relay run``.
+        batch_size: Deliveries claimed per round trip.
+        poll_interval: Seconds between polls when nothing wakes the relay.
+        lease: Seconds a claim holds its rows; a relay that dies loses them after this.
+        max_payload_size: Largest serialised payload accepted by ``dispatch()``, in bytes.
+        clock: Returns the current UTC time; for tests that move time forward.
+        engine_options: Extra keyword arguments for ``create_async_engine`` when ``database``
+            is a URL.
+    """
+
+    def __init__(
+        self,
+        database: str | AsyncEngine,
+        *,
+        handlers: Iterable[BaseEventHandler] = (),
+        table: str = DEFAULT_TABLE,
+        schema: str | None = None,
+        retry: RetryPolicy | None = None,
+        relay: RelayMode = "embedded",
+        batch_size: int = BATCH_SIZE,
+        poll_interval: float = POLL_INTERVAL,
+        lease: float = LEASE,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
+        clock: Callable[[], datetime] = utc_now,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        if relay not in ("embedded", "external"):
+            raise ConfigurationError(f"relay must be 'embedded' or 'external', got {relay!r}")
+        for label, value in (("batch_size", batch_size), ("max_payload_size", max_payload_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{label} must be a positive int, got {value!r}")
+        if poll_interval <= 0 or lease <= 0:
+            raise ConfigurationError("poll_interval and lease must be positive numbers of seconds")
+        self._owns_engine = not isinstance(database, AsyncEngine)
+        self.engine = (
+            engines.create_engine(database, **(engine_options or {}))
+            if self._owns_engine else database
+        )
+        assert isinstance(self.engine, AsyncEngine)
+        self.table_name = table
+        self.schema = schema
+        self.store = OutboxStore(self.engine, outbox_table(table, schema))
+        self.retry = retry or RetryPolicy()
+        self.relay_mode: RelayMode = relay
+        self.max_payload_size = max_payload_size
+        self.clock = clock
+        self._handlers: list[BaseEventHandler] = []
+        self._destinations: dict[str, Destination] = {}
+        self._routes: dict[str, tuple[str, ...]] = {}
+        self._generation: tuple[int, ...] | None = None
+        self._detached_writes: set[asyncio.Task[None]] = set()
+        self.relay = Relay(
+            self, batch_size=batch_size, poll_interval=poll_interval, lease=lease
+        )
+        self.add_handlers(handlers)
+
+    def __repr__(self) -> str:
+        return f"Outbox({engines.mask(self.engine.url)!r}, table={self.table_name!r})"
+
+    # -- configuration -------------------------------------------------------------------
+
+    def add_handlers(self, handlers: Iterable[BaseEventHandler]) -> None:
+        """Add destinations (the middleware's fastapi-events style ``handlers=`` end here)."""
+        for handler in handlers:
+            if not isinstance(handler, BaseEventHandler):
+                raise ConfigurationError(
+                    f"handlers must be BaseEventHandler instances, got {handler!r}"
+                )
+            if handler not in self._handlers:
+                self._handlers.append(handler)
+        self._generation = None
+
+    @property
+    def destinations(self) -> dict[str, Destination]:
+        """The destinations by name (local functions registered after the Outbox was made
+        count too)."""
+        generation = tuple(handler.generation for handler in self._handlers)
+        if generation != self._generation:
+            self._destinations = self._collect_destinations()
+            self._routes.clear()
+            self._generation = generation
+        return self._destinations
+
+    def _collect_destinations(self) -> dict[str, Destination]:
+        destinations: dict[str, Destination] = {}
+        for handler in self._handlers:
+            for destination in handler.destinations():
+                if destination.name in destinations:
+                    raise ConfigurationError(
+                        f"two destinations are named {destination.name!r}; give them distinct "
+                        "names (name=... on the handler or on local_handler.register)"
+                    )
+                destinations[destination.name] = destination
+        return destinations
+
+    def destinations_for(self, event_name: str) -> tuple[str, ...]:
+        """Names of the destinations that take events named ``event_name``."""
+        destinations = self.destinations
+        route = self._routes.get(event_name)
+        if route is None:
+            route = tuple(name for name, destination in destinations.items()
+                          if destination.accepts(event_name))
+            if not route:
+                logger.warning(
+                    "no destination takes events named %r; they are not stored", event_name,
+                    extra={"action": "event_unrouted", "event_name": event_name},
+                )
+            self._routes[event_name] = route
+        return route
+
+    def instrument(self, factory: async_sessionmaker[Any]) -> None:
+        """Make the sessions of ``factory`` carry dispatched events in their transactions."""
+        session_hooks.instrument(self, factory)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def rows_for(self, events: Sequence[unit_of_work.PendingEvent]) -> list[Row]:
+        """One row per (event, destination that takes it)."""
+        return [
+            {
+                "event_id": event.id, "destination": destination, "name": event.name,
+                "payload": event.payload, "key": event.key, "headers": event.headers,
+                "trace_context": event.trace_context, "created_at": event.created_at,
+                "state": PENDING, "attempts": 0, "available_at": event.available_at,
+            }
+            for event in events
+            for destination in self.destinations_for(event.name)
+        ]
+
+    async def write(self, events: Sequence[unit_of_work.PendingEvent]) -> None:
+        """Store ``events`` in a transaction of their own."""
+        await self.store.write(self.rows_for(events))
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[unit_of_work.UnitOfWork]:
+        """Collect events dispatched in the block and store them when it ends without error.
+
+        Use it where no request is being served (startup code, background tasks, scripts)::
+
+            async with outbox.unit_of_work():
+                dispatch("report.ready", {"id": 7})
+
+        Instrumented sessions that commit inside the block take the events dispatched before
+        their commit, in their own transaction.
+        """
+        unit = unit_of_work.UnitOfWork(self)
+        with unit_of_work.bound(unit):
+            try:
+                yield unit
+            except BaseException:
+                unit.fail()
+                raise
+        events = unit.take()
+        if events:
+            await self.write(events)
+        if events or unit.committed:
+            self.wake()
+
+    def write_detached(self, event: unit_of_work.PendingEvent) -> None:
+        """Store one event dispatched outside any unit of work (fastapi-events'
+        ``middleware_id``) in a task of its own; ``drain()`` and ``close()`` wait for it."""
+        task = asyncio.get_running_loop().create_task(self._write_and_wake([event]))
+        self._detached_writes.add(task)
+        task.add_done_callback(self._detached_writes.discard)
+
+    async def _write_and_wake(self, events: Sequence[unit_of_work.PendingEvent]) -> None:
+        try:
+            await self.write(events)
+        except Exception:
+            logger.exception("could not store events dispatched outside a request",
+                             extra={"action": "event_write_failed"})
+            raise
+        self.wake()
+
+    async def flush_detached_writes(self) -> None:
+        if self._detached_writes:
+            await asyncio.gather(*list(self._detached_writes), return_exceptions=True)
+
+    # -- delivering -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tell the embedded relay that events have been committed."""
+        self.relay.wake()
+
+    def ensure_started(self) -> None:
+        """Start the embedded relay in the running loop if it is not running yet."""
+        if self.relay_mode == "embedded":
+            self.relay.start()
+
+    async def drain(self) -> DrainResult:
+        """Deliver everything deliverable now; return what happened."""
+        await self.flush_detached_writes()
+        return await self.relay.drain()
+
+    async def migrate(self) -> None:
+        """Create or upgrade the outbox table (what ``outbox-relay migrate`` does)."""
+        await migrations.upgrade(self.engine, table=self.table_name, schema=self.schema)
+
+    async def close(self) -> None:
+        """Stop the embedded relay, wait for pending writes and release the engine (if the
+        Outbox created it)."""
+        await self.relay.stop()
+        await self.flush_detached_writes()
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> Outbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

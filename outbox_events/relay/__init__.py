@@ -1,0 +1,1 @@
+"""The relay: claims stored deliveries and hands them to destinations."""

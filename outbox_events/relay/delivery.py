@@ -1,0 +1,110 @@
+"""Handing claimed deliveries to their destinations and judging the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from outbox_events import _json, unit_of_work
+from outbox_events.exceptions import PartialDeliveryError, PermanentDeliveryError
+from outbox_events.handlers.base import Destination
+from outbox_events.store.store import ClaimedDelivery
+from outbox_events.typing import Event
+
+if TYPE_CHECKING:
+    from outbox_events.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_LENGTH = 2000  # characters of an error kept in last_error
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """What became of one delivery."""
+
+    delivery: ClaimedDelivery
+    error: BaseException | None = None
+    permanent: bool = False
+    chained: list[unit_of_work.PendingEvent] = dataclasses.field(default_factory=list)
+
+
+def describe(error: BaseException) -> str:
+    text = f"{type(error).__qualname__}: {error}".rstrip(": ")
+    return text[:MAX_ERROR_LENGTH]
+
+
+def to_event(delivery: ClaimedDelivery) -> Event:
+    """The Event for a claimed row; raises ValueError when its stored JSON is unreadable."""
+    try:
+        payload = _json.decode(delivery.payload)
+        headers = _json.decode(delivery.headers) or {}
+        trace_context = _json.decode(delivery.trace_context) or {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"stored event cannot be decoded: {exc}") from exc
+    return Event(
+        name=delivery.name, payload=payload, id=delivery.event_id, key=delivery.key,
+        headers=headers, created_at=delivery.created_at, attempt=delivery.attempts,
+        destination=delivery.destination, trace_context=trace_context,
+    )
+
+
+async def deliver(
+    outbox: Outbox, destination: Destination, deliveries: Sequence[ClaimedDelivery]
+) -> list[Outcome]:
+    """Deliver ``deliveries`` (all for ``destination``) and report each one's outcome."""
+    outcomes: list[Outcome] = []
+    ready: list[tuple[Outcome, Event]] = []
+    for delivery in deliveries:
+        outcome = Outcome(delivery)
+        outcomes.append(outcome)
+        try:
+            ready.append((outcome, to_event(delivery)))
+        except ValueError as exc:
+            outcome.error, outcome.permanent = exc, True
+    if ready and destination.batched:
+        await _deliver_batch(outbox, destination, ready)
+    elif ready:
+        await asyncio.gather(*(_deliver_one(outbox, destination, o, e) for o, e in ready))
+    return outcomes
+
+
+async def _deliver_one(
+    outbox: Outbox, destination: Destination, outcome: Outcome, event: Event
+) -> None:
+    unit = unit_of_work.UnitOfWork(outbox)
+    with unit_of_work.bound(unit):
+        try:
+            await destination.handle(event)
+        except Exception as exc:
+            _record_failure(outcome, exc)
+            return
+    outcome.chained = unit.take()
+
+
+async def _deliver_batch(
+    outbox: Outbox, destination: Destination, ready: list[tuple[Outcome, Event]]
+) -> None:
+    unit = unit_of_work.UnitOfWork(outbox)
+    with unit_of_work.bound(unit):
+        try:
+            await destination.handle_many([event for _, event in ready])
+        except PartialDeliveryError as exc:
+            for outcome, event in ready:
+                failure = exc.failures.get(event.id, exc.failures.get(str(event.id)))
+                if failure is not None:
+                    _record_failure(outcome, failure)
+        except Exception as exc:
+            for outcome, _ in ready:
+                _record_failure(outcome, exc)
+            return
+    ready[0][0].chained = unit.take()
+
+
+def _record_failure(outcome: Outcome, error: BaseException) -> None:
+    outcome.error = error
+    outcome.permanent = isinstance(error, PermanentDeliveryError)

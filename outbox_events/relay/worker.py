@@ -1,0 +1,207 @@
+"""The relay loop: claim a batch, deliver it, record the outcome; sleep until woken."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import defaultdict
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from outbox_events.exceptions import StoreError
+from outbox_events.relay.delivery import Outcome, deliver, describe
+from outbox_events.store.store import ClaimedDelivery, DeadLetter, Retry
+
+if TYPE_CHECKING:
+    from outbox_events.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+STORE_RETRY_DELAY = 1.0  # seconds, doubled up to STORE_RETRY_MAX while the database is down
+STORE_RETRY_MAX = 30.0  # seconds
+STOP_TIMEOUT = 30.0  # seconds to finish the in-flight batch when stopping
+
+
+@dataclasses.dataclass
+class DrainResult:
+    """What one ``drain()`` (or one batch) did."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def attempted(self) -> int:
+        return self.delivered + self.retried + self.dead_lettered
+
+    def add(self, other: DrainResult) -> None:
+        self.delivered += other.delivered
+        self.retried += other.retried
+        self.dead_lettered += other.dead_lettered
+
+
+class Relay:
+    """Delivers the outbox's pending rows; runs as a task of the web process (embedded) or as
+    the main loop of ``outbox-relay run``."""
+
+    def __init__(
+        self, outbox: Outbox, *, batch_size: int, poll_interval: float, lease: float
+    ) -> None:
+        self.outbox = outbox
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.lease = timedelta(seconds=lease)
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[DrainResult]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Run the loop as a task of the running event loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name="outbox-events-relay"
+            )
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop claiming, let the in-flight batch finish (up to ``timeout``), then return."""
+        self._stopping = True
+        self._wakeup.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("relay did not finish its batch within %.1f s; leases will expire",
+                           timeout, extra={"action": "relay_stop_timeout"})
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        """Deliver until stopped: batches back to back while there is work, then wait for the
+        first of a wake-up, the poll interval or stop."""
+        failures = 0
+        while not self._stopping:
+            try:
+                result = await self.run_batch()
+            except StoreError as exc:
+                failures += 1
+                delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
+                logger.warning("database unavailable (%s); retrying in %.1f s", exc, delay,
+                               extra={"action": "store_unavailable"})
+                await self._idle(delay)
+                continue
+            failures = 0
+            if result.attempted == 0:
+                await self._idle(self.poll_interval)
+
+    async def _idle(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        self._wakeup.clear()
+
+    # -- work ------------------------------------------------------------------------------
+
+    async def drain(self) -> DrainResult:
+        """Deliver everything deliverable now, including batches this process already claimed;
+        return the totals."""
+        total = DrainResult()
+        while True:
+            result = await self.run_batch()
+            total.add(result)
+            if result.attempted == 0:
+                others = [task for task in self._batches if task is not asyncio.current_task()]
+                if not others:
+                    return total
+                await asyncio.wait(others)
+
+    async def run_batch(self) -> DrainResult:
+        """Claim one batch, deliver it and record the outcome."""
+        task = asyncio.ensure_future(self._run_batch())
+        self._batches.add(task)
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._batches.discard(task)
+            else:
+                task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self) -> DrainResult:
+        outbox = self.outbox
+        destinations = outbox.destinations
+        if not destinations:
+            return DrainResult()
+        now = outbox.clock()
+        claim = await outbox.store.claim(
+            destinations=list(destinations), limit=self.batch_size, now=now,
+            lease_until=now + self.lease,
+        )
+        if not claim.deliveries:
+            return DrainResult()
+        by_destination: defaultdict[str, list[ClaimedDelivery]] = defaultdict(list)
+        for delivery in claim.deliveries:
+            by_destination[delivery.destination].append(delivery)
+        groups = await asyncio.gather(*(
+            deliver(outbox, destinations[name], deliveries)
+            for name, deliveries in by_destination.items()
+        ))
+        return await self._settle(claim.token, [o for group in groups for o in group])
+
+    async def _settle(self, token: object, outcomes: list[Outcome]) -> DrainResult:
+        outbox = self.outbox
+        now = outbox.clock()
+        delivered: list[int] = []
+        retries: list[Retry] = []
+        dead: list[DeadLetter] = []
+        chained = []
+        for outcome in outcomes:
+            delivery, error = outcome.delivery, outcome.error
+            if error is None:
+                delivered.append(delivery.id)
+                chained.extend(outcome.chained)
+                logger.debug("delivered event %s to %s", delivery.event_id, delivery.destination,
+                             extra={"action": "event_delivered", "event_id": str(delivery.event_id),
+                                    "destination": delivery.destination})
+            elif outcome.permanent or outbox.retry.gives_up_after(delivery.attempts):
+                dead.append(DeadLetter(delivery.id, describe(error)))
+                logger.error(
+                    "dead-lettered event %s for %s after %d attempt(s): %s", delivery.event_id,
+                    delivery.destination, delivery.attempts, describe(error),
+                    extra={"action": "event_dead_lettered", "event_id": str(delivery.event_id),
+                           "destination": delivery.destination},
+                )
+            else:
+                delay = outbox.retry.delay(delivery.attempts)
+                retries.append(Retry(delivery.id, now + timedelta(seconds=delay), describe(error)))
+                logger.warning(
+                    "delivery of event %s to %s failed (attempt %d), retrying in %.1f s: %s",
+                    delivery.event_id, delivery.destination, delivery.attempts, delay,
+                    describe(error),
+                    extra={"action": "delivery_failed", "event_id": str(delivery.event_id),
+                           "destination": delivery.destination},
+                )
+        await asyncio.shield(outbox.store.settle(
+            token,  # type: ignore[arg-type]
+            delivered=delivered, retries=retries, dead=dead,
+            new_rows=outbox.rows_for(chained), now=now,
+        ))
+        if chained:
+            self.wake()
+        return DrainResult(len(delivered), len(retries), len(dead))

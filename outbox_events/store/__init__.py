@@ -1,0 +1,1 @@
+"""The outbox table, its statements and the database engines."""

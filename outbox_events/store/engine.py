@@ -1,0 +1,63 @@
+"""Engines for the two supported databases, and what differs between them."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from outbox_events.exceptions import ConfigurationError
+
+SQLITE_BUSY_TIMEOUT = 30.0  # seconds a SQLite writer waits for the lock
+DRIVERS = {"postgresql": ("asyncpg", "postgres"), "sqlite": ("aiosqlite", None)}
+
+
+def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
+    """An async engine for ``url`` (``postgresql+asyncpg://`` or ``sqlite+aiosqlite://``)."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {mask(str(url))!r}") from exc
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend not in DRIVERS:
+        raise ConfigurationError(
+            f"unsupported database {backend!r} in {mask(parsed)}; use postgresql+asyncpg:// "
+            "or sqlite+aiosqlite://"
+        )
+    expected, extra = DRIVERS[backend]
+    if driver != expected:
+        raise ConfigurationError(
+            f"{mask(parsed)} names the driver {driver!r}; outbox_events needs an async driver: "
+            f"{backend}+{expected}://"
+        )
+    if importlib.util.find_spec(expected) is None:
+        hint = f"pip install 'outbox-events[{extra}]'" if extra else f"pip install {expected}"
+        raise ConfigurationError(f"the {expected} driver is not installed: {hint}")
+    if backend == "sqlite":
+        options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT)
+        engine = create_async_engine(parsed, **options)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    options.setdefault("pool_pre_ping", True)
+    return create_async_engine(parsed, **options)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.close()
+
+
+def mask(url: str | URL) -> str:
+    """The URL with its password hidden, for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+def dialect_name(engine: AsyncEngine) -> str:
+    return engine.dialect.name

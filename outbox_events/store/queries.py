@@ -1,0 +1,123 @@
+"""Every SQL statement the library runs, built with SQLAlchemy Core for both dialects.
+
+Statements are built per table (the table name is configurable) and cached by the store; the
+values that change per call are bound parameters.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from outbox_events.store.tables import DEAD, DELIVERED, PENDING
+
+CLAIMED_COLUMNS = (
+    "id", "event_id", "destination", "name", "payload", "key", "headers", "trace_context",
+    "created_at", "attempts",
+)
+
+
+def insert_rows(table: sa.Table) -> sa.Insert:
+    """Insert delivery rows; executed with a list of parameter dicts (one multi-row INSERT)."""
+    return sa.insert(table)
+
+
+def claim(table: sa.Table) -> sa.Update:
+    """Lease up to ``:limit`` deliverable rows of ``:destinations`` and count the attempt.
+
+    A row is deliverable when it is pending, its ``available_at`` has come (a live lease pushes
+    it into the future) and no earlier row of the same destination and ordering key is still
+    pending. ``FOR UPDATE SKIP LOCKED`` lets several relays claim side by side on PostgreSQL;
+    SQLite has a single writer and ignores it.
+    """
+    t = table
+    earlier = table.alias("earlier")
+    earlier_of_same_key_pending = (
+        sa.exists()
+        .where(earlier.c.destination == t.c.destination)
+        .where(earlier.c.key == t.c.key)
+        .where(earlier.c.state == PENDING)
+        .where(earlier.c.id < t.c.id)
+    )
+    candidates = (
+        sa.select(t.c.id)
+        .where(t.c.state == PENDING)
+        .where(t.c.available_at <= sa.bindparam("now"))
+        .where(t.c.destination.in_(sa.bindparam("destinations", expanding=True)))
+        .where(~earlier_of_same_key_pending)
+        .order_by(t.c.available_at, t.c.id)
+        .limit(sa.bindparam("limit"))
+        .with_for_update(skip_locked=True, of=t)
+    )
+    return (
+        sa.update(t)
+        .where(t.c.id.in_(candidates.scalar_subquery()))
+        .values(
+            attempts=t.c.attempts + 1,
+            lease_token=sa.bindparam("token"),
+            available_at=sa.bindparam("lease_until"),
+        )
+        .returning(*(t.c[name] for name in CLAIMED_COLUMNS))
+    )
+
+
+def complete(table: sa.Table) -> sa.Update:
+    """Mark the rows ``:ids`` delivered, if the lease ``:token`` still holds them."""
+    t = table
+    return (
+        sa.update(t)
+        .where(t.c.id.in_(sa.bindparam("ids", expanding=True)))
+        .where(t.c.lease_token == sa.bindparam("token"))
+        .values(state=DELIVERED, finished_at=sa.bindparam("now"), lease_token=None)
+    )
+
+
+def reschedule(table: sa.Table) -> sa.Update:
+    """Give one leased row its next attempt time and last error; executed once per batch with
+    a list of parameter dicts."""
+    t = table
+    return (
+        sa.update(t)
+        .where(t.c.id == sa.bindparam("b_id"))
+        .where(t.c.lease_token == sa.bindparam("b_token"))
+        .values(
+            available_at=sa.bindparam("b_available_at"),
+            last_error=sa.bindparam("b_error"),
+            lease_token=None,
+        )
+    )
+
+
+def dead_letter(table: sa.Table) -> sa.Update:
+    """Dead-letter one leased row with its reason; executed with a list of parameter dicts."""
+    t = table
+    return (
+        sa.update(t)
+        .where(t.c.id == sa.bindparam("b_id"))
+        .where(t.c.lease_token == sa.bindparam("b_token"))
+        .values(
+            state=DEAD,
+            last_error=sa.bindparam("b_error"),
+            finished_at=sa.bindparam("b_now"),
+            lease_token=None,
+        )
+    )
+
+
+def count_by_destination_and_state(table: sa.Table) -> sa.Select[tuple[str, str, int]]:
+    """Row counts per (destination, state)."""
+    t = table
+    return (
+        sa.select(t.c.destination, t.c.state, sa.func.count())
+        .group_by(t.c.destination, t.c.state)
+        .order_by(t.c.destination, t.c.state)
+    )
+
+
+def rows_of_event(table: sa.Table) -> sa.Select[tuple[str, str, int, str | None]]:
+    """Destination, state, attempts and last error of every row of the event ``:event_id``."""
+    t = table
+    return (
+        sa.select(t.c.destination, t.c.state, t.c.attempts, t.c.last_error)
+        .where(t.c.event_id == sa.bindparam("event_id"))
+        .order_by(t.c.destination)
+    )

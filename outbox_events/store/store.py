@@ -1,0 +1,165 @@
+"""The narrow interface between the library and its database: write, claim, settle, count.
+
+Both dialects run the same statements (see ``queries``); what differs between PostgreSQL and
+SQLite is kept in ``engine``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox_events.exceptions import StoreError
+from outbox_events.store import queries
+
+Row = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """One leased row: an event on its way to one destination."""
+
+    id: int
+    event_id: uuid.UUID
+    destination: str
+    name: str
+    payload: str
+    key: str | None
+    headers: str | None
+    trace_context: str | None
+    created_at: datetime
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retry:
+    """A failed delivery and when to try it next."""
+
+    id: int
+    available_at: datetime
+    error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A delivery that will not be tried again, and why."""
+
+    id: int
+    error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """The rows one claim leased, all under one lease token."""
+
+    token: uuid.UUID
+    deliveries: list[ClaimedDelivery]
+
+
+@contextlib.contextmanager
+def translated_errors(action: str) -> Iterator[None]:
+    """Turn SQLAlchemy and driver errors into StoreError, with the cause attached."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StoreError(f"could not {action}: {type(exc.__cause__ or exc).__name__}: "
+                         f"{_first_line(exc)}") from exc
+    except OSError as exc:
+        raise StoreError(f"could not {action}: {exc}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OutboxStore:
+    """Reads and writes the outbox table of one database."""
+
+    def __init__(self, engine: AsyncEngine, table: sa.Table) -> None:
+        self.engine = engine
+        self.table = table
+        self._insert = queries.insert_rows(table)
+        self._claim = queries.claim(table)
+        self._complete = queries.complete(table)
+        self._reschedule = queries.reschedule(table)
+        self._dead_letter = queries.dead_letter(table)
+
+    def write_in(self, connection: sa.Connection, rows: Sequence[Row]) -> None:
+        """Insert ``rows`` in the caller's open transaction (a session's commit hook)."""
+        if rows:
+            connection.execute(self._insert, list(rows))
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        """Insert ``rows`` in a transaction of their own."""
+        if not rows:
+            return
+        with translated_errors("write events to the outbox"):
+            async with self.engine.begin() as connection:
+                await connection.execute(self._insert, list(rows))
+
+    async def claim(
+        self, *, destinations: Sequence[str], limit: int, now: datetime, lease_until: datetime
+    ) -> Claim:
+        """Lease up to ``limit`` deliverable rows of ``destinations``, oldest first."""
+        token = uuid.uuid4()
+        with translated_errors("claim events"):
+            async with self.engine.begin() as connection:
+                result = await connection.execute(
+                    self._claim,
+                    {"now": now, "destinations": list(destinations), "limit": limit,
+                     "token": token, "lease_until": lease_until},
+                )
+                deliveries = [ClaimedDelivery(*row) for row in result]
+        deliveries.sort(key=lambda delivery: delivery.id)
+        return Claim(token, deliveries)
+
+    async def settle(
+        self,
+        token: uuid.UUID,
+        *,
+        delivered: Sequence[int],
+        retries: Sequence[Retry] = (),
+        dead: Sequence[DeadLetter] = (),
+        new_rows: Sequence[Row] = (),
+        now: datetime,
+    ) -> None:
+        """Record the outcome of a claim in one transaction, with the rows of events the
+        handlers dispatched; rows whose lease was lost to a newer claim are left alone."""
+        with translated_errors("record delivery results"):
+            async with self.engine.begin() as connection:
+                if new_rows:
+                    await connection.execute(self._insert, list(new_rows))
+                if delivered:
+                    await connection.execute(
+                        self._complete, {"ids": list(delivered), "token": token, "now": now}
+                    )
+                if retries:
+                    await connection.execute(
+                        self._reschedule,
+                        [{"b_id": r.id, "b_token": token, "b_available_at": r.available_at,
+                          "b_error": r.error} for r in retries],
+                    )
+                if dead:
+                    await connection.execute(
+                        self._dead_letter,
+                        [{"b_id": d.id, "b_token": token, "b_error": d.error, "b_now": now}
+                         for d in dead],
+                    )
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Row counts per (destination, state)."""
+        with translated_errors("count outbox rows"):
+            async with self.engine.connect() as connection:
+                result = await connection.execute(
+                    queries.count_by_destination_and_state(self.table)
+                )
+                return {(dest, state): count for dest, state, count in result}
