@@ -1,0 +1,137 @@
+"""Committed events reach each matching destination; failures retry, then dead-letter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from outbox_events import Event, Outbox, RetryPolicy, dispatch
+from outbox_events.handlers.base import BaseEventHandler
+from outbox_events.handlers.local import LocalHandler
+from outbox_events.store.tables import DEAD, DELIVERED
+
+
+class FakeClock:
+    """A clock the test moves forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def test_each_matching_destination_receives_a_committed_event_once(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    handlers = LocalHandler()
+    received: dict[str, list[Event]] = {"orders": [], "everything": [], "users": []}
+
+    @handlers.register(event_name="order.*")
+    async def orders(event: Event) -> None:
+        received["orders"].append(event)
+
+    @handlers.register
+    def everything(event: Event) -> None:  # sync: runs in a thread
+        received["everything"].append(event)
+
+    @handlers.register(event_name="user.*")
+    async def users(event: Event) -> None:
+        received["users"].append(event)
+
+    outbox = make_outbox(handlers=[handlers])
+    async with outbox.unit_of_work():
+        event_id = dispatch("order.placed", {"id": 7}, key="order-7", headers={"tenant": "a"})
+
+    result = await outbox.drain()
+    again = await outbox.drain()
+
+    assert result.delivered == 2 and again.attempted == 0
+    assert received["users"] == []
+    for name in ("orders", "everything"):
+        [event] = received[name]
+        name_, payload = event
+        assert (name_, payload) == ("order.placed", {"id": 7})
+        assert event.id == event_id and event.key == "order-7"
+        assert event.headers == {"tenant": "a"} and event.attempt == 1
+
+
+async def test_failing_destination_backs_off_then_dead_letters_without_repeating_others(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    clock = FakeClock()
+    handlers = LocalHandler()
+    calls = {"good": 0, "bad": 0}
+
+    @handlers.register(event_name="job.done", name="good")
+    async def good(event: Event) -> None:
+        calls["good"] += 1
+
+    @handlers.register(event_name="job.done", name="bad")
+    async def bad(event: Event) -> None:
+        calls["bad"] += 1
+        raise RuntimeError(f"downstream refused attempt {event.attempt}")
+
+    policy = RetryPolicy(max_attempts=4, initial_delay=10, max_delay=1000)
+    outbox = make_outbox(handlers=[handlers], retry=policy, clock=clock)
+    async with outbox.unit_of_work():
+        event_id = dispatch("job.done", {"job": 1})
+
+    delays = []
+    await outbox.drain()
+    for _ in range(policy.max_attempts - 1):
+        row = await _row(outbox, event_id, "bad")
+        delays.append((row["available_at"] - clock.now).total_seconds())
+        assert (await outbox.drain()).attempted == 0, "retried before its backoff elapsed"
+        clock.advance(delays[-1])
+        await outbox.drain()
+
+    assert calls == {"good": 1, "bad": policy.max_attempts}
+    assert delays == sorted(delays) and delays[0] < delays[-1], f"delays did not grow: {delays}"
+    assert 5 <= delays[0] <= 10
+    bad_row, good_row = await _row(outbox, event_id, "bad"), await _row(outbox, event_id, "good")
+    assert good_row["state"] == DELIVERED
+    assert bad_row["state"] == DEAD
+    assert bad_row["attempts"] == policy.max_attempts
+    assert bad_row["last_error"] == "RuntimeError: downstream refused attempt 4"
+
+
+async def test_a_new_outbox_over_the_same_database_delivers_what_was_pending(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    first = make_outbox(handlers=[_Recorder()], relay="external")
+    async with first.unit_of_work():
+        ids = [dispatch("report.ready", {"n": n}) for n in range(3)]
+    await first.close()
+
+    recorder = _Recorder()
+    restarted = make_outbox(handlers=[recorder])
+    result = await restarted.drain()
+
+    assert result.delivered == 3
+    assert sorted(event.id for event in recorder.events) == sorted(ids)
+
+
+class _Recorder(BaseEventHandler):
+    def __init__(self) -> None:
+        super().__init__(name="recorder")
+        self.events: list[Event] = []
+
+    async def handle(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def _row(outbox: Outbox, event_id: object, destination: str) -> dict[str, object]:
+    import sqlalchemy as sa
+
+    table = outbox.store.table
+    async with outbox.engine.connect() as connection:
+        result = await connection.execute(
+            sa.select(table).where(table.c.event_id == event_id,
+                                   table.c.destination == destination)
+        )
+        return dict(result.one()._mapping)
+
