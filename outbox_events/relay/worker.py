@@ -75,10 +75,14 @@ class Relay:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop claiming, let the in-flight batch finish (up to ``timeout``), then return."""
+    def request_stop(self) -> None:
+        """Ask the loop to stop after its current batch (idempotent; safe in signal handlers)."""
         self._stopping = True
         self._wakeup.set()
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop claiming, let the in-flight batch finish (up to ``timeout``), then return."""
+        self.request_stop()
         task, self._task = self._task, None
         if task is None:
             return
