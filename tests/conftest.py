@@ -94,6 +94,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def empty_database_url(database_url: str) -> str:
+    """The test database without the outbox table (as before any migration)."""
+
+    async def drop() -> None:
+        import sqlalchemy as sa
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(database_url)
+        async with engine.begin() as connection:
+            await connection.execute(sa.text("DROP TABLE outbox_events"))
+            await connection.execute(sa.text("DROP TABLE outbox_events_alembic_version"))
+        await engine.dispose()
+
+    asyncio.run(drop())
+    return database_url
+
+
+@pytest.fixture
 async def make_outbox(database_url: str) -> AsyncIterator[Callable[..., Outbox]]:
     """Build Outboxes over the test's database; all are closed when the test ends."""
     made: list[Outbox] = []

@@ -20,22 +20,6 @@ from outbox_events.store.tables import outbox_table
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def empty_database_url(database_url: str) -> str:
-    """The test database with the template's outbox table dropped again."""
-    import asyncio
-
-    async def drop() -> None:
-        engine = create_async_engine(database_url)
-        async with engine.begin() as connection:
-            await connection.execute(sa.text("DROP TABLE outbox_events"))
-            await connection.execute(sa.text(f"DROP TABLE {version_table('outbox_events')}"))
-        await engine.dispose()
-
-    asyncio.run(drop())
-    return database_url
-
-
 async def _drift(engine: AsyncEngine, table: sa.Table) -> list[object]:
     def compare(connection: sa.Connection) -> list[object]:
         context = MigrationContext.configure(
