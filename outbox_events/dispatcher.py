@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -21,7 +22,7 @@ from outbox_events.exceptions import (
     PayloadValidationError,
 )
 from outbox_events.ids import uuid7
-from outbox_events.names import MAX_NAME_LENGTH, EventName, event_name_str
+from outbox_events.names import MAX_NAME_LENGTH, EventName, event_name_str, text_problem
 from outbox_events.registry.payload_schema import BaseEventPayloadSchemaRegistry
 from outbox_events.registry.payload_schema import registry as default_registry
 
@@ -58,8 +59,9 @@ def dispatch(
         payload: The payload: JSON-compatible data or pydantic models.
         event_name: The event name; wins over one derived from a model.
         validate_payload: Validate a dict payload against the schema registered for the name.
-        payload_schema_cls_dict_args: Keyword arguments for ``model_dump()`` (default: none,
-            so default values are kept).
+        payload_schema_cls_dict_args: Keyword arguments for ``model_dump()`` (default:
+            ``mode="json"`` only, so default values are kept; fastapi-events defaulted to
+            ``exclude_unset=True``).
         payload_schema_registry: The schema registry to use (default: the global ``registry``).
         middleware_id: Outside a request, the id of the middleware whose outbox takes the event
             (fastapi-events compatibility); it is written in a transaction of its own.
@@ -73,10 +75,13 @@ def dispatch(
 
     Raises:
         EventNameError: the name is missing, empty or not a str/Enum.
+        DispatchError: a model and a payload were both given, or ``key``, ``headers`` or
+            ``delay`` is invalid.
         PayloadValidationError: the payload does not match the registered schema.
         PayloadSerializationError: the payload cannot be serialised to JSON.
         PayloadTooLargeError: the serialised payload exceeds the outbox's limit.
         MissingContextError: no request, unit of work or middleware_id is there to take it.
+        ConfigurationError: a ``*_DISABLE_DISPATCH`` variable is set to a non-boolean value.
     """
     name, payload = _resolve(
         event_name_or_model, payload, event_name, validate_payload,
@@ -84,7 +89,7 @@ def dispatch(
     )
     _check_key(name, key)
     headers_json = _encode_headers(name, headers)
-    delay_seconds = _delay_seconds(name, delay)
+    delay_by = _delay(name, delay)
     payload_json = _json.encode(payload, event_name=name)
     event_id = uuid7()
     if _dispatch_disabled():
@@ -92,9 +97,10 @@ def dispatch(
 
     unit = unit_of_work.current()
     outbox = unit.outbox if unit is not None else _outbox_of_middleware(middleware_id)
-    if len(payload_json.encode()) > outbox.max_payload_size:
+    size = len(payload_json.encode("utf-8"))
+    if size > outbox.max_payload_size:
         raise PayloadTooLargeError(
-            f"payload of event {name!r} is {len(payload_json.encode())} bytes serialised; "
+            f"payload of event {name!r} is {size} bytes serialised; "
             f"the outbox accepts at most {outbox.max_payload_size}"
         )
     now = outbox.clock()
@@ -106,7 +112,7 @@ def dispatch(
         headers=headers_json,
         trace_context=_tracing.current_trace_context(),
         created_at=now,
-        available_at=now + timedelta(seconds=delay_seconds) if delay_seconds else now,
+        available_at=_available_at(name, now, delay_by),
     )
     if unit is not None:
         unit.add(event)
@@ -139,9 +145,7 @@ def _resolve(
                 "event_name=... or set __event_name__ on the model"
             )
         name = event_name_str(raw_name)
-        model_payload = event_name_or_model.model_dump(**(dump_args or {})) if dump else (
-            event_name_or_model
-        )
+        model_payload = _dump(event_name_or_model, dump_args) if dump else event_name_or_model
         return name, model_payload
 
     raw_name = event_name if event_name is not None else event_name_or_model
@@ -156,12 +160,25 @@ def _resolve(
     if validate_payload and (payload is None or isinstance(payload, dict)):
         schema = (schema_registry if schema_registry is not None else default_registry).get(name)
         if schema is not None:
+            fields = payload or {}
+            bad_keys = [field for field in fields if not isinstance(field, str)]
+            if bad_keys:
+                raise PayloadValidationError(
+                    f"payload of event {name!r} does not match schema {schema.__name__}: "
+                    f"field names must be str, got {bad_keys[0]!r}"
+                )
             try:
-                model = schema(**(payload or {}))
+                model = schema(**fields)
             except ValidationError as exc:
                 raise PayloadValidationError(_describe_validation(name, schema, exc)) from exc
-            payload = model.model_dump(**(dump_args or {})) if dump else model
+            payload = _dump(model, dump_args) if dump else model
     return name, payload
+
+
+def _dump(model: BaseModel, dump_args: dict[str, Any] | None) -> Any:
+    """The model's fields as JSON-compatible data (``mode="json"`` unless the caller chose),
+    so that what pydantic can put in JSON (URLs, timedeltas, ...) is stored as pydantic would."""
+    return model.model_dump(**{"mode": "json", **(dump_args or {})})
 
 
 def _describe_validation(name: str, schema: type[BaseModel], exc: ValidationError) -> str:
@@ -181,31 +198,60 @@ def _check_key(name: str, key: str | None) -> None:
         raise DispatchError(
             f"key of event {name!r} is {len(key)} characters long; at most {MAX_NAME_LENGTH}"
         )
+    problem = text_problem(key)
+    if problem:
+        raise DispatchError(f"key {key!r} of event {name!r} {problem}")
 
 
 def _encode_headers(name: str, headers: Mapping[str, str] | None) -> str | None:
-    if not headers:
+    if headers is None:
         return None
     if not isinstance(headers, Mapping):
-        raise DispatchError(f"headers of event {name!r} must be a mapping of str to str")
+        raise DispatchError(
+            f"headers of event {name!r} must be a mapping of str to str, got "
+            f"{type(headers).__name__}"
+        )
+    if not headers:
+        return None
     for header, value in headers.items():
         if not isinstance(header, str) or not isinstance(value, str):
             raise DispatchError(
                 f"headers of event {name!r} must map str to str; {header!r}: {value!r} does not"
             )
-    return _json.encode(dict(headers), event_name=name)
+    return _json.encode(dict(headers), event_name=name, what="headers")
 
 
-def _delay_seconds(name: str, delay: timedelta | float | None) -> float:
+def _delay(name: str, delay: timedelta | float | None) -> timedelta | None:
+    """``delay`` as a timedelta (None for no delay); raises DispatchError if it is not a
+    finite, non-negative duration."""
     if delay is None:
-        return 0.0
+        return None
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise DispatchError(
-            f"delay of event {name!r} must be a timedelta or a number of seconds >= 0, "
+            f"delay of event {name!r} must be a timedelta or a finite number of seconds >= 0, "
             f"got {delay!r}"
         )
-    return float(seconds)
+    if isinstance(delay, timedelta):
+        return delay or None
+    try:
+        return timedelta(seconds=seconds) or None
+    except OverflowError as exc:
+        raise DispatchError(f"delay of event {name!r} is too long: {delay!r}") from exc
+
+
+def _available_at(name: str, now: datetime, delay: timedelta | None) -> datetime:
+    if delay is None:
+        return now
+    try:
+        return now + delay
+    except OverflowError as exc:
+        raise DispatchError(f"delay of event {name!r} is too long: {delay!r}") from exc
 
 
 def _dispatch_disabled() -> bool:

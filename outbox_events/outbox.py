@@ -21,6 +21,7 @@ from outbox_events.store import engine as engines
 from outbox_events.store import migrate as migrations
 from outbox_events.store.store import OutboxStore, Row
 from outbox_events.store.tables import DEFAULT_TABLE, PENDING, outbox_table
+from outbox_events.unit_of_work import PendingEvent
 
 __all__ = ["Outbox"]
 
@@ -84,11 +85,10 @@ class Outbox:
         if poll_interval <= 0 or lease <= 0:
             raise ConfigurationError("poll_interval and lease must be positive numbers of seconds")
         self._owns_engine = not isinstance(database, AsyncEngine)
-        self.engine = (
-            engines.create_engine(database, **(engine_options or {}))
-            if self._owns_engine else database
+        self.engine: AsyncEngine = (
+            database if isinstance(database, AsyncEngine)
+            else engines.create_engine(database, **(engine_options or {}))
         )
-        assert isinstance(self.engine, AsyncEngine)
         self.table_name = table
         self.schema = schema
         self.store = OutboxStore(self.engine, outbox_table(table, schema))
@@ -166,7 +166,7 @@ class Outbox:
 
     # -- writing ------------------------------------------------------------------------
 
-    def rows_for(self, events: Sequence[unit_of_work.PendingEvent]) -> list[Row]:
+    def rows_for(self, events: Sequence[PendingEvent]) -> list[Row]:
         """One row per (event, destination that takes it)."""
         return [
             {
@@ -179,7 +179,7 @@ class Outbox:
             for destination in self.destinations_for(event.name)
         ]
 
-    async def write(self, events: Sequence[unit_of_work.PendingEvent]) -> None:
+    async def write(self, events: Sequence[PendingEvent]) -> None:
         """Store ``events`` in a transaction of their own."""
         await self.store.write(self.rows_for(events))
 
@@ -208,14 +208,14 @@ class Outbox:
         if events or unit.committed:
             self.wake()
 
-    def write_detached(self, event: unit_of_work.PendingEvent) -> None:
+    def write_detached(self, event: PendingEvent) -> None:
         """Store one event dispatched outside any unit of work (fastapi-events'
         ``middleware_id``) in a task of its own; ``drain()`` and ``close()`` wait for it."""
         task = asyncio.get_running_loop().create_task(self._write_and_wake([event]))
         self._detached_writes.add(task)
         task.add_done_callback(self._detached_writes.discard)
 
-    async def _write_and_wake(self, events: Sequence[unit_of_work.PendingEvent]) -> None:
+    async def _write_and_wake(self, events: Sequence[PendingEvent]) -> None:
         try:
             await self.write(events)
         except Exception:

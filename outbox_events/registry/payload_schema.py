@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections import UserDict
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -23,10 +24,16 @@ class BaseEventPayloadSchemaRegistry(UserDict[str, type[BaseModel]]):
     """
 
     def __setitem__(self, key: Any, value: type[BaseModel]) -> None:
+        if not (isinstance(value, type) and issubclass(value, BaseModel)):
+            raise TypeError(f"payload schema must be a pydantic model class, got {value!r}")
         super().__setitem__(event_name_str(key), value)
 
     def __getitem__(self, key: Any) -> type[BaseModel]:
-        return super().__getitem__(event_name_str(key))
+        try:
+            name = event_name_str(key)
+        except EventNameError:
+            raise KeyError(key) from None
+        return super().__getitem__(name)
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -39,22 +46,28 @@ class BaseEventPayloadSchemaRegistry(UserDict[str, type[BaseModel]]):
 
     @overload
     def register(
-        self, _schema: None = None, event_name: EventName | None = None
+        self, _schema: EventName | None = None, event_name: EventName | None = None
     ) -> Callable[[SchemaT], SchemaT]: ...
 
     def register(
-        self, _schema: SchemaT | None = None, event_name: EventName | None = None
+        self, _schema: SchemaT | EventName | None = None, event_name: EventName | None = None
     ) -> SchemaT | Callable[[SchemaT], SchemaT]:
         """Register a pydantic model as the payload schema of an event name.
 
-        Usable as ``@registry.register``, ``@registry.register(event_name=...)`` or
-        ``registry.register(Model)``; without ``event_name`` the model's ``__event_name__``
-        is used.
+        Usable as ``@registry.register``, ``@registry.register(event_name=...)``,
+        ``@registry.register("order.paid")`` or ``registry.register(Model)``; without an event
+        name the model's ``__event_name__`` is used.
 
         Raises:
             EventNameError: no event name is given and the model has no ``__event_name__``.
             TypeError: the schema is not a pydantic model class.
         """
+        if isinstance(_schema, (str, enum.Enum)):
+            if event_name is not None:
+                raise TypeError("register() got the event name twice; pass event_name= only")
+            return self.register(event_name=_schema)
+        if event_name is not None:
+            event_name_str(event_name)  # a bad name fails here, not when the class is defined
 
         def _register(schema: SchemaT) -> SchemaT:
             if not (isinstance(schema, type) and issubclass(schema, BaseModel)):

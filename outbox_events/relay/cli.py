@@ -146,10 +146,10 @@ def status(app: str | None, database_url: str | None, table: str, schema: str | 
     outbox = _outbox_from(app, database_url, table, schema)
     counts = _run(outbox, lambda o: o.store.counts())
     rows = [{"destination": d, "state": s, "count": n} for (d, s), n in sorted(counts.items())]
+    width = max([len("destination"), *(len(d) for d, _ in counts)])
     if as_json:
         click.echo(json.dumps(rows))
         return
-    width = max([len("destination"), *(len(r["destination"]) for r in rows)])
     click.echo(f"{'destination':<{width}}  {'state':<10}  count")
     for row in rows:
         click.echo(f"{row['destination']:<{width}}  {row['state']:<10}  {row['count']}")

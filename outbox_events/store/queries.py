@@ -103,7 +103,7 @@ def dead_letter(table: sa.Table) -> sa.Update:
     )
 
 
-def count_by_destination_and_state(table: sa.Table) -> sa.Select[tuple[str, str, int]]:
+def count_by_destination_and_state(table: sa.Table) -> sa.Select[str, str, int]:
     """Row counts per (destination, state)."""
     t = table
     return (
@@ -113,7 +113,7 @@ def count_by_destination_and_state(table: sa.Table) -> sa.Select[tuple[str, str,
     )
 
 
-def rows_of_event(table: sa.Table) -> sa.Select[tuple[str, str, int, str | None]]:
+def rows_of_event(table: sa.Table) -> sa.Select[str, str, int, str | None]:
     """Destination, state, attempts and last error of every row of the event ``:event_id``."""
     t = table
     return (
