@@ -58,8 +58,22 @@ log "cluster ${PG_VERSION}/${PG_CLUSTER}: port ${PG_PORT}, status ${status}"
 # --- start it if needed -----------------------------------------------------
 if [[ "$status" != online* ]]; then
     log "starting cluster ${PG_VERSION}/${PG_CLUSTER}"
+    # The server outlives this script: it must not inherit our stdout/stderr or
+    # any other open descriptor (e.g. the pipe `make` reads the URL from, or a
+    # CI runner's log pipe), or whoever reads those would wait for it forever.
+    start_out="$(mktemp)"
     rc=0
-    pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" "$PG_CLUSTER" start || rc=$?
+    (
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd="${fd##*/}"
+            if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
+                eval "exec ${fd}>&-" 2>/dev/null || true
+            fi
+        done
+        exec pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" "$PG_CLUSTER" start
+    ) </dev/null >"$start_out" 2>&1 || rc=$?
+    cat "$start_out" >&2
+    rm -f "$start_out"
     case "$rc" in
         0) ;;
         2) log "cluster was already running" ;;
