@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from outbox_events.exceptions import StoreError
 from outbox_events.relay.delivery import Outcome, deliver, describe
+from outbox_events.store import notifications
 from outbox_events.store.store import ClaimedDelivery, DeadLetter, Retry
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 STORE_RETRY_DELAY = 1.0  # seconds, doubled up to STORE_RETRY_MAX while the database is down
 STORE_RETRY_MAX = 30.0  # seconds
-STOP_TIMEOUT = 30.0  # seconds to finish the in-flight batch when stopping
+STOP_TIMEOUT = 30.0  # seconds to finish in-flight batches when stopping
+CONCURRENCY = 1  # batches in flight at once per relay
 
 
 @dataclasses.dataclass
@@ -44,15 +46,28 @@ class DrainResult:
 
 class Relay:
     """Delivers the outbox's pending rows; runs as a task of the web process (embedded) or as
-    the main loop of ``outbox-relay run``."""
+    the main loop of ``outbox-relay run``.
+
+    ``concurrency`` loops claim and deliver side by side, each one batch at a time; on
+    PostgreSQL a listener wakes them when events commit anywhere, and every loop also polls.
+    """
 
     def __init__(
-        self, outbox: Outbox, *, batch_size: int, poll_interval: float, lease: float
+        self,
+        outbox: Outbox,
+        *,
+        batch_size: int,
+        poll_interval: float,
+        lease: float,
+        concurrency: int = CONCURRENCY,
+        shutdown_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.outbox = outbox
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.lease = timedelta(seconds=lease)
+        self.concurrency = concurrency
+        self.shutdown_timeout = shutdown_timeout
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -76,28 +91,60 @@ class Relay:
         return self._task is not None and not self._task.done()
 
     def request_stop(self) -> None:
-        """Ask the loop to stop after its current batch (idempotent; safe in signal handlers)."""
+        """Stop claiming; the loops end after their current batch (idempotent; safe to call
+        from a signal handler)."""
         self._stopping = True
         self._wakeup.set()
 
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop claiming, let the in-flight batch finish (up to ``timeout``), then return."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop the task started by ``start()`` gracefully (see ``run``)."""
         self.request_stop()
         task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            logger.warning("relay did not finish its batch within %.1f s; leases will expire",
-                           timeout, extra={"action": "relay_stop_timeout"})
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:
+            await self._finish(task, self.shutdown_timeout if timeout is None else timeout)
 
     async def run(self) -> None:
-        """Deliver until stopped: batches back to back while there is work, then wait for the
-        first of a wake-up, the poll interval or stop."""
+        """Deliver until stopped. Cancelling this coroutine is a graceful stop: claiming
+        stops, in-flight batches get ``shutdown_timeout`` seconds to finish, and what is still
+        unfinished then is released for another relay."""
+        self._stopping = False
+        main = asyncio.ensure_future(self._main())
+        try:
+            await asyncio.shield(main)
+        except asyncio.CancelledError:
+            self.request_stop()
+            await self._finish(main, self.shutdown_timeout)
+            raise
+
+    async def _finish(self, main: asyncio.Future[None], timeout: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(main), timeout)
+            return
+        except asyncio.TimeoutError:
+            logger.warning(
+                "in-flight deliveries did not finish within %.1f s; releasing them", timeout,
+                extra={"action": "relay_stop_timeout"},
+            )
+        for batch in list(self._batches):
+            batch.cancel()  # each releases its unsettled rows
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+
+    async def _main(self) -> None:
+        side_tasks = []
+        if notifications.supported(self.outbox.engine):
+            side_tasks.append(asyncio.ensure_future(self._listen()))
+        try:
+            await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
+        finally:
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        """Batches back to back while they come back full; then wait for the first of a
+        wake-up, the poll interval or stop. Database errors back off and retry."""
         failures = 0
         while not self._stopping:
             try:
@@ -109,8 +156,10 @@ class Relay:
                                extra={"action": "store_unavailable"})
                 await self._idle(delay)
                 continue
-            failures = 0
-            if result.attempted == 0:
+            if failures:
+                logger.info("database reachable again", extra={"action": "store_available"})
+                failures = 0
+            if result.attempted < self.batch_size:
                 await self._idle(self.poll_interval)
 
     async def _idle(self, seconds: float) -> None:
@@ -119,6 +168,26 @@ class Relay:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), seconds)
         self._wakeup.clear()
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection open (reconnecting with backoff) and wake the loops on
+        each notification."""
+        store = self.outbox.store
+        failures = 0
+        while not self._stopping:
+            try:
+                async with notifications.listening(store.engine, store.channel, self.wake) as lost:
+                    failures = 0
+                    self.wake()  # catch up on what committed while we were not listening
+                    await lost
+                logger.warning("notification connection lost; reconnecting",
+                               extra={"action": "listener_lost"})
+            except StoreError as exc:
+                failures += 1
+                delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
+                logger.warning("cannot listen for notifications (%s); retrying in %.1f s", exc,
+                               delay, extra={"action": "listener_unavailable"})
+                await asyncio.sleep(delay)
 
     # -- work ------------------------------------------------------------------------------
 
@@ -139,13 +208,8 @@ class Relay:
         """Claim one batch, deliver it and record the outcome."""
         task = asyncio.ensure_future(self._run_batch())
         self._batches.add(task)
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._batches.discard(task)
-            else:
-                task.add_done_callback(self._batches.discard)
+        task.add_done_callback(self._batches.discard)
+        return await asyncio.shield(task)
 
     async def _run_batch(self) -> DrainResult:
         outbox = self.outbox
@@ -162,10 +226,14 @@ class Relay:
         by_destination: defaultdict[str, list[ClaimedDelivery]] = defaultdict(list)
         for delivery in claim.deliveries:
             by_destination[delivery.destination].append(delivery)
-        groups = await asyncio.gather(*(
-            deliver(outbox, destinations[name], deliveries)
-            for name, deliveries in by_destination.items()
-        ))
+        try:
+            groups = await asyncio.gather(*(
+                deliver(outbox, destinations[name], deliveries)
+                for name, deliveries in by_destination.items()
+            ))
+        except asyncio.CancelledError:
+            await asyncio.shield(outbox.store.release(claim.token, now=outbox.clock()))
+            raise
         return await self._settle(claim.token, [o for group in groups for o in group])
 
     async def _settle(self, token: object, outcomes: list[Outcome]) -> DrainResult:

@@ -6,6 +6,8 @@ values that change per call are bound parameters.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
@@ -101,6 +103,24 @@ def dead_letter(table: sa.Table) -> sa.Update:
             lease_token=None,
         )
     )
+
+
+def release(table: sa.Table) -> sa.Update:
+    """Give back the rows of the lease ``:token`` that were not settled (a relay stopping
+    before it finished them): claimable at once, and the attempt is not counted."""
+    t = table
+    return (
+        sa.update(t)
+        .where(t.c.lease_token == sa.bindparam("token"))
+        .where(t.c.state == PENDING)
+        .values(lease_token=None, available_at=sa.bindparam("now"), attempts=t.c.attempts - 1)
+    )
+
+
+def notify() -> sa.Select[Any]:
+    """Wake the relays listening on ``:channel`` (PostgreSQL; sent when the transaction
+    commits, once per transaction however many events it holds)."""
+    return sa.select(sa.func.pg_notify(sa.bindparam("channel"), ""))
 
 
 def count_by_destination_and_state(table: sa.Table) -> sa.Select[str, str, int]:

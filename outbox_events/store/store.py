@@ -92,11 +92,16 @@ class OutboxStore:
         self._complete = queries.complete(table)
         self._reschedule = queries.reschedule(table)
         self._dead_letter = queries.dead_letter(table)
+        self._release = queries.release(table)
+        self._notify = queries.notify() if engine.dialect.name == "postgresql" else None
+        self.channel = f"{table.schema}.{table.name}" if table.schema else table.name
 
     def write_in(self, connection: sa.Connection, rows: Sequence[Row]) -> None:
         """Insert ``rows`` in the caller's open transaction (a session's commit hook)."""
         if rows:
             connection.execute(self._insert, list(rows))
+            if self._notify is not None:
+                connection.execute(self._notify, {"channel": self.channel})
 
     async def write(self, rows: Sequence[Row]) -> None:
         """Insert ``rows`` in a transaction of their own."""
@@ -105,6 +110,8 @@ class OutboxStore:
         with translated_errors("write events to the outbox"):
             async with self.engine.begin() as connection:
                 await connection.execute(self._insert, list(rows))
+                if self._notify is not None:
+                    await connection.execute(self._notify, {"channel": self.channel})
 
     async def claim(
         self, *, destinations: Sequence[str], limit: int, now: datetime, lease_until: datetime
@@ -138,6 +145,8 @@ class OutboxStore:
             async with self.engine.begin() as connection:
                 if new_rows:
                     await connection.execute(self._insert, list(new_rows))
+                    if self._notify is not None:
+                        await connection.execute(self._notify, {"channel": self.channel})
                 if delivered:
                     await connection.execute(
                         self._complete, {"ids": list(delivered), "token": token, "now": now}
@@ -154,6 +163,12 @@ class OutboxStore:
                         [{"b_id": d.id, "b_token": token, "b_error": d.error, "b_now": now}
                          for d in dead],
                     )
+
+    async def release(self, token: uuid.UUID, *, now: datetime) -> None:
+        """Make the unsettled rows of a claim claimable again, without counting the attempt."""
+        with translated_errors("release claimed events"):
+            async with self.engine.begin() as connection:
+                await connection.execute(self._release, {"token": token, "now": now})
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Row counts per (destination, state)."""
