@@ -1,6 +1,7 @@
-"""The ``outbox-relay`` command: run the relay, migrate the table, inspect the outbox.
+"""The ``outbox-relay`` command: run the relay, migrate the table, inspect and repair the outbox.
 
-Only this module reads environment variables, installs signal handlers or configures logging.
+Only this module reads environment variables (every option also as ``OUTBOX_<NAME>``), installs
+signal handlers or configures logging.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -20,13 +24,27 @@ import click
 from outbox_events.exceptions import OutboxError
 from outbox_events.outbox import Outbox
 from outbox_events.store.engine import mask
-from outbox_events.store.tables import DEFAULT_TABLE
+from outbox_events.store.tables import DEAD, DEFAULT_TABLE, DELIVERED
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-APP_HELP = "The Outbox to use, as MODULE:ATTR (e.g. myapp.events:outbox)."
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(
+    _ctx: click.Context | None, param: click.Parameter | None, value: str | None
+) -> timedelta | None:
+    """A length of time: ``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w``."""
+    if value is None:
+        return None
+    match = _DURATION.match(value)
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 15m, 12h or 7d",
+                                 param=param)
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
 
 
 def load_outbox(target: str) -> Outbox:
@@ -54,15 +72,6 @@ def load_outbox(target: str) -> Outbox:
     return value
 
 
-def _outbox_from(app: str | None, database_url: str | None, table: str,
-                 schema: str | None) -> Outbox:
-    if app:
-        return load_outbox(app)
-    if database_url:
-        return Outbox(database_url, table=table, schema=schema, relay="external")
-    raise click.UsageError("give APP (MODULE:ATTR) or --database-url / OUTBOX_DATABASE_URL")
-
-
 def _run(outbox: Outbox, work: Callable[[Outbox], Awaitable[T]]) -> T:
     async def main() -> T:
         try:
@@ -76,25 +85,59 @@ def _run(outbox: Outbox, work: Callable[[Outbox], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
-database_options = [
-    click.option("--database-url", envvar="OUTBOX_DATABASE_URL", show_envvar=True,
-                 help="Database URL, when no APP is given."),
-    click.option("--table", envvar="OUTBOX_TABLE", show_envvar=True, default=DEFAULT_TABLE,
-                 show_default=True, help="Outbox table name, when no APP is given."),
-    click.option("--schema", envvar="OUTBOX_SCHEMA", show_envvar=True, default=None,
-                 help="Database schema of the table, when no APP is given."),
-]
+def _env(name: str) -> dict[str, Any]:
+    return {"envvar": f"OUTBOX_{name}", "show_envvar": True}
 
 
-def with_database_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(database_options):
+def outbox_argument(command: Callable[..., Any]) -> Callable[..., Any]:
+    """APP, or the database options for commands that need no handlers."""
+    for option in reversed([
+        click.argument("app", required=False, envvar="OUTBOX_APP"),
+        click.option("--database-url", **_env("DATABASE_URL"),
+                     help="Database URL, when no APP is given."),
+        click.option("--table", default=DEFAULT_TABLE, show_default=True, **_env("TABLE"),
+                     help="Outbox table name, when no APP is given."),
+        click.option("--schema", default=None, **_env("SCHEMA"),
+                     help="Database schema of the table, when no APP is given."),
+    ]):
         command = option(command)
     return command
 
 
+def _outbox_from(app: str | None, database_url: str | None, table: str,
+                 schema: str | None) -> Outbox:
+    if app:
+        return load_outbox(app)
+    if database_url:
+        return Outbox(database_url, table=table, schema=schema, relay="external")
+    raise click.UsageError("give APP (MODULE:ATTR) or --database-url / OUTBOX_DATABASE_URL")
+
+
+def _echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, uuid.UUID)):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
 @click.group()
-@click.option("--log-level", envvar="OUTBOX_LOG_LEVEL", show_envvar=True, default="INFO",
-              show_default=True,
+@click.option("--log-level", default="INFO", show_default=True, **_env("LOG_LEVEL"),
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def main(log_level: str) -> None:
     """Relay and operator commands of outbox_events."""
@@ -103,8 +146,7 @@ def main(log_level: str) -> None:
 
 
 @main.command()
-@click.argument("app", required=False, envvar="OUTBOX_APP")
-@with_database_options
+@outbox_argument
 def migrate(app: str | None, database_url: str | None, table: str, schema: str | None) -> None:
     """Create or upgrade the outbox table (idempotent)."""
     outbox = _outbox_from(app, database_url, table, schema)
@@ -114,42 +156,183 @@ def migrate(app: str | None, database_url: str | None, table: str, schema: str |
 
 @main.command()
 @click.argument("app", envvar="OUTBOX_APP")
-@click.option("--until-idle", is_flag=True, envvar="OUTBOX_UNTIL_IDLE", show_envvar=True,
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None, **_env("CONCURRENCY"),
+              help="Batches in flight at once.  [default: the Outbox's]")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=None,
+              **_env("BATCH_SIZE"), help="Deliveries claimed per round trip.  [default: the "
+              "Outbox's]")
+@click.option("--poll-interval", type=click.FloatRange(0.01), default=None,
+              **_env("POLL_INTERVAL"), help="Seconds between polls when nothing wakes the "
+              "relay.  [default: the Outbox's]")
+@click.option("--lease", type=click.FloatRange(1), default=None, **_env("LEASE"),
+              help="Seconds a claim holds its rows before another relay may take them.  "
+              "[default: the Outbox's]")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
+              **_env("SHUTDOWN_TIMEOUT"), help="Seconds to finish in-flight deliveries after "
+              "SIGTERM/SIGINT before releasing them.")
+@click.option("--until-idle", is_flag=True, **_env("UNTIL_IDLE"),
               help="Deliver what is deliverable now, then exit.")
-def run(app: str, until_idle: bool) -> None:
-    """Deliver events of APP's Outbox until stopped (SIGTERM/SIGINT stop it gracefully)."""
+def run(app: str, concurrency: int | None, batch_size: int | None, poll_interval: float | None,
+        lease: float | None, shutdown_timeout: float, until_idle: bool) -> None:
+    """Deliver the events of APP's Outbox until SIGTERM/SIGINT (a graceful stop, exit 0).
+
+    APP is MODULE:ATTR naming the Outbox (also as OUTBOX_APP).
+    """
     outbox = load_outbox(app)
-    logger.info("relay starting on %s", mask(outbox.engine.url),
-                extra={"action": "relay_started"})
+    relay = outbox.relay
+    relay.configure(concurrency=concurrency, batch_size=batch_size,
+                    poll_interval=poll_interval, lease=lease,
+                    shutdown_timeout=shutdown_timeout)
+    logger.info("relay starting on %s (concurrency %d, batch size %d)", mask(outbox.engine.url),
+                relay.concurrency, relay.batch_size, extra={"action": "relay_started"})
 
     async def work(o: Outbox) -> None:
         if until_idle:
             result = await o.drain()
-            logger.info("delivered %d, retrying %d, dead-lettered %d", result.delivered,
+            logger.info("idle: delivered %d, retrying %d, dead-lettered %d", result.delivered,
                         result.retried, result.dead_lettered, extra={"action": "relay_idle"})
             return
+        running = asyncio.ensure_future(relay.run())
         loop = asyncio.get_running_loop()
+        stopping = False
+
+        def stop(signum: signal.Signals) -> None:
+            nonlocal stopping
+            if stopping:
+                return
+            stopping = True
+            logger.info("%s received: finishing in-flight deliveries (up to %.0f s)",
+                        signum.name, shutdown_timeout, extra={"action": "relay_stopping"})
+            running.cancel()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, o.relay.request_stop)
-        await o.relay.run()
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            await running
+        except asyncio.CancelledError:
+            pass
+        logger.info("relay stopped", extra={"action": "relay_stopped"})
 
     _run(outbox, work)
 
 
 @main.command()
-@click.argument("app", required=False, envvar="OUTBOX_APP")
-@with_database_options
+@outbox_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(app: str | None, database_url: str | None, table: str, schema: str | None,
            as_json: bool) -> None:
-    """Rows per destination and state."""
+    """Per destination: pending, in flight, dead, delivered (kept), oldest pending age."""
     outbox = _outbox_from(app, database_url, table, schema)
-    counts = _run(outbox, lambda o: o.store.counts())
-    rows = [{"destination": d, "state": s, "count": n} for (d, s), n in sorted(counts.items())]
-    width = max([len("destination"), *(len(d) for d, _ in counts)])
+    now = outbox.clock()
+    rows = _run(outbox, lambda o: o.store.status(now=now))
+    for row in rows:
+        oldest = row.pop("oldest_pending")
+        row["oldest_pending_age_s"] = (
+            None if oldest is None else round((now - oldest).total_seconds(), 3)
+        )
     if as_json:
         click.echo(json.dumps(rows))
+    else:
+        _echo_table(rows, ["destination", "pending", "in_flight", "dead", "delivered",
+                           "oldest_pending_age_s"])
+
+
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Inspect, requeue and purge dead-lettered deliveries."""
+
+
+@dead_letter.command("list")
+@outbox_argument
+@click.option("--destination", help="Only this destination.")
+@click.option("--name", "event_name", help="Only event names matching this SQL LIKE pattern "
+              "(e.g. 'order.%').")
+@click.option("--older-than", callback=parse_duration, help="Only dead-lettered more than this long "
+              "ago (e.g. 2h, 7d).")
+@click.option("--after-id", type=click.IntRange(0), default=0, show_default=True,
+              help="Page: rows after this row id.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_dead(app: str | None, database_url: str | None, table: str, schema: str | None,
+              destination: str | None, event_name: str | None, older_than: timedelta | None,
+              after_id: int, limit: int, as_json: bool) -> None:
+    """List dead-lettered deliveries, oldest first."""
+    outbox = _outbox_from(app, database_url, table, schema)
+    cutoff = outbox.clock() - older_than if older_than is not None else None
+    rows = _run(outbox, lambda o: o.store.dead_letters(
+        destination=destination, name=event_name, dead_before=cutoff, after_id=after_id,
+        limit=limit))
+    if as_json:
+        click.echo(json.dumps(rows, default=_json_default))
         return
-    click.echo(f"{'destination':<{width}}  {'state':<10}  count")
-    for row in rows:
-        click.echo(f"{row['destination']:<{width}}  {row['state']:<10}  {row['count']}")
+    _echo_table(rows, ["id", "event_id", "destination", "name", "attempts", "finished_at",
+                       "last_error"])
+    if len(rows) == limit:
+        click.echo(f"more: --after-id {rows[-1]['id']}", err=True)
+
+
+def _progress(verb: str) -> Callable[[int], None]:
+    def report(done: int) -> None:
+        click.echo(f"{verb} {done} ...", err=True)
+
+    return report
+
+
+@dead_letter.command("requeue")
+@outbox_argument
+@click.option("--id", "ids", multiple=True, help="A row id or event id (repeatable).")
+@click.option("--destination", help="Only this destination's dead deliveries.")
+@click.option("--all", "everything", is_flag=True, help="Every dead delivery.")
+def requeue(app: str | None, database_url: str | None, table: str, schema: str | None,
+            ids: tuple[str, ...], destination: str | None, everything: bool) -> None:
+    """Give dead-lettered deliveries a fresh set of attempts."""
+    if not (ids or destination or everything):
+        raise click.UsageError("say which: --id ..., --destination NAME or --all")
+    parsed: list[int | uuid.UUID] | None = [_parse_id(i) for i in ids] if ids else None
+    outbox = _outbox_from(app, database_url, table, schema)
+    now = outbox.clock()
+    count = _run(outbox, lambda o: o.store.requeue(
+        now=now, ids=parsed, destination=destination, on_progress=_progress("requeued")))
+    click.echo(f"requeued {count} delivery(ies)")
+
+
+def _parse_id(value: str) -> int | uuid.UUID:
+    if value.isdigit():
+        return int(value)
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a row id nor an event id",
+                                 param_hint="--id") from None
+
+
+def _purge(app: str | None, database_url: str | None, table: str, schema: str | None,
+           older_than: timedelta, states: list[str]) -> None:
+    outbox = _outbox_from(app, database_url, table, schema)
+    cutoff = outbox.clock() - older_than
+    count = _run(outbox, lambda o: o.store.purge(
+        states=states, finished_before=cutoff, on_progress=_progress("purged")))
+    click.echo(f"purged {count} {'/'.join(states)} row(s) finished before "
+               f"{cutoff.isoformat(timespec='seconds')}")
+
+
+@dead_letter.command("purge")
+@outbox_argument
+@click.option("--older-than", callback=parse_duration, required=True,
+              help="Delete dead deliveries dead-lettered more than this long ago.")
+def purge_dead(app: str | None, database_url: str | None, table: str, schema: str | None,
+               older_than: timedelta) -> None:
+    """Delete dead-lettered deliveries older than a given age."""
+    _purge(app, database_url, table, schema, older_than, [DEAD])
+
+
+@main.command()
+@outbox_argument
+@click.option("--older-than", callback=parse_duration, required=True,
+              help="Delete rows that finished more than this long ago.")
+@click.option("--state", "states", type=click.Choice([DELIVERED, DEAD]), multiple=True,
+              default=[DELIVERED], show_default=True, help="Which finished rows (repeatable).")
+def purge(app: str | None, database_url: str | None, table: str, schema: str | None,
+          older_than: timedelta, states: tuple[str, ...]) -> None:
+    """Delete delivered (kept for retention) or dead rows older than a given age."""
+    _purge(app, database_url, table, schema, older_than, list(states))

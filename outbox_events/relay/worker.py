@@ -73,6 +73,27 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[DrainResult]] = set()
 
+    def configure(
+        self,
+        *,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        lease: float | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        """Override settings (``outbox-relay run`` flags); None keeps the current value."""
+        if concurrency is not None:
+            self.concurrency = concurrency
+        if batch_size is not None:
+            self.batch_size = batch_size
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
+        if lease is not None:
+            self.lease = timedelta(seconds=lease)
+        if shutdown_timeout is not None:
+            self.shutdown_timeout = shutdown_timeout
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def wake(self) -> None:

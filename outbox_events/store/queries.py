@@ -123,6 +123,81 @@ def notify() -> sa.Select[Any]:
     return sa.select(sa.func.pg_notify(sa.bindparam("channel"), ""))
 
 
+def status(table: sa.Table) -> sa.Select[Any]:
+    """Per destination: waiting, in flight (leased, lease live at ``:now``), dead, delivered
+    (retained), and the creation time of the oldest undelivered row."""
+    t = table
+    pending = t.c.state == PENDING
+    leased = pending & t.c.lease_token.isnot(None) & (t.c.available_at > sa.bindparam("now"))
+    return (
+        sa.select(
+            t.c.destination,
+            sa.func.count().filter(pending & ~leased).label("pending"),
+            sa.func.count().filter(leased).label("in_flight"),
+            sa.func.count().filter(t.c.state == DEAD).label("dead"),
+            sa.func.count().filter(t.c.state == DELIVERED).label("delivered"),
+            sa.func.min(t.c.created_at).filter(pending).label("oldest_pending"),
+        )
+        .group_by(t.c.destination)
+        .order_by(t.c.destination)
+    )
+
+
+def dead_letters(
+    table: sa.Table, *, destination: bool, name: bool, older_than: bool
+) -> sa.Select[Any]:
+    """Dead rows after ``:after_id``, oldest first, at most ``:limit``; optional filters on
+    ``:destination``, ``:name`` (a LIKE pattern) and ``:cutoff`` (dead-lettered before)."""
+    t = table
+    query = (
+        sa.select(t.c.id, t.c.event_id, t.c.destination, t.c.name, t.c.key, t.c.attempts,
+                  t.c.last_error, t.c.created_at, t.c.finished_at)
+        .where(t.c.state == DEAD)
+        .where(t.c.id > sa.bindparam("after_id"))
+        .order_by(t.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+    if destination:
+        query = query.where(t.c.destination == sa.bindparam("destination"))
+    if name:
+        query = query.where(t.c.name.like(sa.bindparam("name")))
+    if older_than:
+        query = query.where(t.c.finished_at < sa.bindparam("cutoff"))
+    return query
+
+
+def requeue(table: sa.Table, *, ids: bool, destination: bool) -> sa.Update:
+    """Put up to ``:limit`` dead rows back in line, with fresh attempts; optionally only the
+    rows ``:ids`` (row ids or event ids) or those of ``:destination``."""
+    t = table
+    chosen = sa.select(t.c.id).where(t.c.state == DEAD)
+    if ids:
+        chosen = chosen.where(t.c.id.in_(sa.bindparam("ids", expanding=True)) |
+                              t.c.event_id.in_(sa.bindparam("event_ids", expanding=True)))
+    if destination:
+        chosen = chosen.where(t.c.destination == sa.bindparam("destination"))
+    chosen = chosen.order_by(t.c.id).limit(sa.bindparam("limit"))
+    return (
+        sa.update(t)
+        .where(t.c.id.in_(chosen.scalar_subquery()))
+        .values(state=PENDING, attempts=0, available_at=sa.bindparam("now"), finished_at=None,
+                lease_token=None)
+    )
+
+
+def purge(table: sa.Table) -> sa.Delete:
+    """Delete up to ``:limit`` rows in ``:states`` that finished before ``:cutoff``."""
+    t = table
+    chosen = (
+        sa.select(t.c.id)
+        .where(t.c.state.in_(sa.bindparam("states", expanding=True)))
+        .where(t.c.finished_at < sa.bindparam("cutoff"))
+        .order_by(t.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+    return sa.delete(t).where(t.c.id.in_(chosen.scalar_subquery()))
+
+
 def count_by_destination_and_state(table: sa.Table) -> sa.Select[str, str, int]:
     """Row counts per (destination, state)."""
     t = table

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from outbox_events.exceptions import StoreError
 from outbox_events.store import queries
 
 Row = Mapping[str, Any]
+CHUNK = 1000  # rows per transaction in bulk operator commands
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,6 +170,81 @@ class OutboxStore:
         with translated_errors("release claimed events"):
             async with self.engine.begin() as connection:
                 await connection.execute(self._release, {"token": token, "now": now})
+
+    async def status(self, *, now: datetime) -> list[dict[str, Any]]:
+        """Per destination: pending, in_flight, dead, delivered, oldest_pending."""
+        with translated_errors("read the outbox status"):
+            async with self.engine.connect() as connection:
+                result = await connection.execute(queries.status(self.table), {"now": now})
+                return [dict(row._mapping) for row in result]
+
+    async def dead_letters(
+        self,
+        *,
+        destination: str | None = None,
+        name: str | None = None,
+        dead_before: datetime | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of dead-lettered rows, oldest first (continue with ``after_id``)."""
+        query = queries.dead_letters(self.table, destination=destination is not None,
+                                     name=name is not None, older_than=dead_before is not None)
+        params = {"after_id": after_id, "limit": limit, "destination": destination,
+                  "name": name, "cutoff": dead_before}
+        with translated_errors("list dead-lettered events"):
+            async with self.engine.connect() as connection:
+                result = await connection.execute(query, params)
+                return [dict(row._mapping) for row in result]
+
+    async def requeue(
+        self,
+        *,
+        now: datetime,
+        ids: Sequence[int | uuid.UUID] | None = None,
+        destination: str | None = None,
+        chunk: int = CHUNK,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Put dead rows back in line (all, some ids, or one destination's) in chunks of one
+        transaction each; returns how many."""
+        query = queries.requeue(self.table, ids=ids is not None,
+                                destination=destination is not None)
+        params: dict[str, Any] = {"now": now, "destination": destination, "limit": chunk}
+        if ids is not None:
+            params["ids"] = [i for i in ids if isinstance(i, int)]
+            params["event_ids"] = [i for i in ids if isinstance(i, uuid.UUID)]
+        return await self._in_chunks("requeue dead-lettered events", query, params, on_progress)
+
+    async def purge(
+        self,
+        *,
+        states: Sequence[str],
+        finished_before: datetime,
+        chunk: int = CHUNK,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete rows in ``states`` that finished before ``finished_before``, in chunks of
+        one transaction each; returns how many."""
+        params = {"states": list(states), "cutoff": finished_before, "limit": chunk}
+        return await self._in_chunks("purge events", queries.purge(self.table), params,
+                                     on_progress)
+
+    async def _in_chunks(
+        self, action: str, statement: sa.Executable, params: dict[str, Any],
+        on_progress: Callable[[int], None] | None,
+    ) -> int:
+        total = 0
+        with translated_errors(action):
+            while True:
+                async with self.engine.begin() as connection:
+                    result = await connection.execute(statement, params)
+                done = result.rowcount
+                total += done
+                if on_progress is not None and done:
+                    on_progress(total)
+                if done < params["limit"]:
+                    return total
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Row counts per (destination, state)."""
