@@ -56,7 +56,8 @@ async def test_run_until_idle_delivers_what_the_web_app_committed(
     assert sorted(line["id"] for line in lines) == sorted(ids)
     status = relay("status", "tests.acceptance.relay_app:outbox", "--json", env=env)
     assert json.loads(status.stdout) == [
-        {"destination": "recorder", "state": "delivered", "count": 5}
+        {"destination": "recorder", "pending": 0, "in_flight": 0, "dead": 0, "delivered": 5,
+         "oldest_pending_age_s": None}
     ]
 
 
