@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -34,6 +34,15 @@ POLL_INTERVAL = 1.0  # seconds between polls when nothing wakes the relay
 LEASE = 30.0  # seconds a claim holds its rows before another relay may take them
 
 
+def _seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds < 0:
+        raise ConfigurationError(f"retention must not be negative, got {value!r}")
+    return seconds
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -56,6 +65,8 @@ class Outbox:
         poll_interval: Seconds between polls when nothing wakes the relay.
         lease: Seconds a claim holds its rows; a relay that dies loses them after this.
         max_payload_size: Largest serialised payload accepted by ``dispatch()``, in bytes.
+        retention: Keep delivered rows this long (timedelta or seconds; the relay purges
+            them afterwards) for auditing; by default they are deleted once delivered.
         clock: Returns the current UTC time; for tests that move time forward.
         engine_options: Extra keyword arguments for ``create_async_engine`` when ``database``
             is a URL.
@@ -74,6 +85,7 @@ class Outbox:
         poll_interval: float = POLL_INTERVAL,
         lease: float = LEASE,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
+        retention: timedelta | float | None = None,
         clock: Callable[[], datetime] = utc_now,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
@@ -91,7 +103,9 @@ class Outbox:
         )
         self.table_name = table
         self.schema = schema
-        self.store = OutboxStore(self.engine, outbox_table(table, schema))
+        self.retention = _seconds(retention)
+        self.store = OutboxStore(self.engine, outbox_table(table, schema),
+                                 keep_delivered=self.retention is not None)
         self.retry = retry or RetryPolicy()
         self.relay_mode: RelayMode = relay
         self.max_payload_size = max_payload_size

@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,15 @@ def empty_database_url(database_url: str) -> str:
 
 @pytest.fixture
 async def make_outbox(database_url: str) -> AsyncIterator[Callable[..., Outbox]]:
-    """Build Outboxes over the test's database; all are closed when the test ends."""
+    """Build Outboxes over the test's database; all are closed when the test ends.
+
+    Unless a test says otherwise, delivered rows are kept (``retention``) so that tests can
+    inspect their final state; ``test_delivery`` covers the default, which deletes them.
+    """
     made: list[Outbox] = []
 
     def make(**options: Any) -> Outbox:
+        options.setdefault("retention", timedelta(days=1))
         outbox = Outbox(database_url, **options)
         made.append(outbox)
         return outbox

@@ -14,6 +14,7 @@ from outbox_events.exceptions import StoreError
 from outbox_events.relay.delivery import Outcome, deliver, describe
 from outbox_events.store import notifications
 from outbox_events.store.store import ClaimedDelivery, DeadLetter, Retry
+from outbox_events.store.tables import DELIVERED
 
 if TYPE_CHECKING:
     from outbox_events.outbox import Outbox
@@ -24,6 +25,7 @@ STORE_RETRY_DELAY = 1.0  # seconds, doubled up to STORE_RETRY_MAX while the data
 STORE_RETRY_MAX = 30.0  # seconds
 STOP_TIMEOUT = 30.0  # seconds to finish in-flight batches when stopping
 CONCURRENCY = 1  # batches in flight at once per relay
+PURGE_INTERVAL = 60.0  # seconds between purges of delivered rows past their retention
 
 
 @dataclasses.dataclass
@@ -72,6 +74,7 @@ class Relay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[DrainResult]] = set()
+        self._stopped: asyncio.Event | None = None
 
     def configure(
         self,
@@ -116,6 +119,8 @@ class Relay:
         from a signal handler)."""
         self._stopping = True
         self._wakeup.set()
+        if self._stopped is not None:
+            self._stopped.set()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop the task started by ``start()`` gracefully (see ``run``)."""
@@ -129,6 +134,7 @@ class Relay:
         stops, in-flight batches get ``shutdown_timeout`` seconds to finish, and what is still
         unfinished then is released for another relay."""
         self._stopping = False
+        self._stopped = None
         main = asyncio.ensure_future(self._main())
         try:
             await asyncio.shield(main)
@@ -156,6 +162,8 @@ class Relay:
         side_tasks = []
         if notifications.supported(self.outbox.engine):
             side_tasks.append(asyncio.ensure_future(self._listen()))
+        if self.outbox.retention is not None:
+            side_tasks.append(asyncio.ensure_future(self._purge_delivered(self.outbox.retention)))
         try:
             await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
         finally:
@@ -209,6 +217,33 @@ class Relay:
                 logger.warning("cannot listen for notifications (%s); retrying in %.1f s", exc,
                                delay, extra={"action": "listener_unavailable"})
                 await asyncio.sleep(delay)
+
+    async def _purge_delivered(self, retention: float) -> None:
+        """Delete delivered rows older than the retention period, now and then."""
+        while not self._stopping:
+            cutoff = self.outbox.clock() - timedelta(seconds=retention)
+            try:
+                purged = await self.outbox.store.purge(states=[DELIVERED],
+                                                       finished_before=cutoff)
+            except StoreError as exc:
+                logger.warning("could not purge delivered rows (%s)", exc,
+                               extra={"action": "purge_failed"})
+            else:
+                if purged:
+                    logger.info("purged %d delivered row(s) past retention", purged,
+                                extra={"action": "rows_purged"})
+            await self._idle_for_purge()
+
+    async def _idle_for_purge(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopped_event().wait(), PURGE_INTERVAL)
+
+    def _stopped_event(self) -> asyncio.Event:
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+        if self._stopping:
+            self._stopped.set()
+        return self._stopped
 
     # -- work ------------------------------------------------------------------------------
 

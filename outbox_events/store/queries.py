@@ -73,6 +73,17 @@ def complete(table: sa.Table) -> sa.Update:
     )
 
 
+def delete_completed(table: sa.Table) -> sa.Delete:
+    """Delete the delivered rows ``:ids``, if the lease ``:token`` still holds them (the
+    default: delivered rows are not kept)."""
+    t = table
+    return (
+        sa.delete(t)
+        .where(t.c.id.in_(sa.bindparam("ids", expanding=True)))
+        .where(t.c.lease_token == sa.bindparam("token"))
+    )
+
+
 def reschedule(table: sa.Table) -> sa.Update:
     """Give one leased row its next attempt time and last error; executed once per batch with
     a list of parameter dicts."""

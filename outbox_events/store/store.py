@@ -85,12 +85,14 @@ def _first_line(exc: BaseException) -> str:
 class OutboxStore:
     """Reads and writes the outbox table of one database."""
 
-    def __init__(self, engine: AsyncEngine, table: sa.Table) -> None:
+    def __init__(self, engine: AsyncEngine, table: sa.Table, *, keep_delivered: bool) -> None:
         self.engine = engine
         self.table = table
         self._insert = queries.insert_rows(table)
         self._claim = queries.claim(table)
-        self._complete = queries.complete(table)
+        self._complete = (
+            queries.complete(table) if keep_delivered else queries.delete_completed(table)
+        )
         self._reschedule = queries.reschedule(table)
         self._dead_letter = queries.dead_letter(table)
         self._release = queries.release(table)

@@ -22,5 +22,6 @@ def record(event: Event) -> None:
                                "payload": event.payload}) + "\n")
 
 
-outbox = Outbox(os.environ["ACCEPTANCE_DATABASE_URL"], handlers=[handlers], relay="external")
+outbox = Outbox(os.environ["ACCEPTANCE_DATABASE_URL"], handlers=[handlers], relay="external",
+                retention=3600)
 not_an_outbox = 42

@@ -135,3 +135,20 @@ async def _row(outbox: Outbox, event_id: object, destination: str) -> dict[str, 
         )
         return dict(result.one()._mapping)
 
+
+
+async def test_delivered_rows_are_deleted_unless_a_retention_is_set(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    import sqlalchemy as sa
+
+    outbox = make_outbox(handlers=[_Recorder()], retention=None)
+    async with outbox.unit_of_work():
+        dispatch("report.ready", {"n": 1})
+        dispatch("report.ready", {"n": 2})
+
+    assert (await outbox.drain()).delivered == 2
+    async with outbox.engine.connect() as connection:
+        remaining = (await connection.execute(
+            sa.select(sa.func.count()).select_from(outbox.store.table))).scalar_one()
+    assert remaining == 0, "delivered rows should be deleted when no retention is set"
