@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 from outbox_events.exceptions import ConfigurationError
@@ -37,8 +38,14 @@ class RetryPolicy:
     jitter: float = JITTER
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if not _is_int(self.max_attempts) or self.max_attempts < 1:
+            raise ConfigurationError(
+                f"max_attempts must be an int of at least 1, got {self.max_attempts!r}"
+            )
+        for label in ("initial_delay", "max_delay", "multiplier", "jitter"):
+            value = getattr(self, label)
+            if not _is_finite_number(value):
+                raise ConfigurationError(f"{label} must be a finite number, got {value!r}")
         if self.initial_delay < 0 or self.max_delay < self.initial_delay:
             raise ConfigurationError(
                 "delays must satisfy 0 <= initial_delay <= max_delay, got "
@@ -55,5 +62,23 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
-        base = min(self.initial_delay * self.multiplier ** max(attempts - 1, 0), self.max_delay)
-        return base * (1 - self.jitter * random.random())
+        return self._base_delay(attempts) * (1 - self.jitter * random.random())
+
+    def _base_delay(self, attempts: int) -> float:
+        if self.initial_delay == 0:
+            return 0.0
+        try:
+            grown = self.initial_delay * self.multiplier ** max(attempts - 1, 0)
+        except OverflowError:  # far past max_delay already
+            return float(self.max_delay)
+        return float(min(grown, self.max_delay))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import fnmatch
 from collections.abc import Iterable, Sequence
 
 from outbox_events.exceptions import ConfigurationError
+from outbox_events.names import EventName, event_name_str
 from outbox_events.typing import Event
 
 __all__ = ["BaseEventHandler", "Destination"]
@@ -46,15 +48,16 @@ class BaseEventHandler:
     Args:
         name: The destination's stable name, under which its delivery state is stored
             (default: the class's qualified name). Give each instance of a class its own name.
-        event_name: fnmatch pattern(s) of the event names this destination takes
-            (default: every event).
+        event_name: fnmatch pattern(s) of the event names this destination takes, as str or
+            Enum members (default: every event).
     """
 
-    def __init__(self, *, name: str | None = None, event_name: str | Iterable[str] = "*") -> None:
+    def __init__(
+        self, *, name: str | None = None, event_name: EventName | Iterable[EventName] = "*"
+    ) -> None:
         self._destination_name = name
-        self._event_name_patterns = (
-            (event_name,) if isinstance(event_name, str) else tuple(event_name)
-        )
+        patterns = (event_name,) if isinstance(event_name, (str, enum.Enum)) else event_name
+        self._event_name_patterns = tuple(event_name_str(pattern) for pattern in patterns)
 
     async def handle(self, event: Event) -> None:
         """Deliver one event; raise to have it retried."""
@@ -67,13 +70,19 @@ class BaseEventHandler:
     def destinations(self) -> list[Destination]:
         """The destinations this handler stands for (one, unless it is a registry)."""
         cls = type(self)
-        overrides_handle = cls.handle is not BaseEventHandler.handle
-        overrides_many = cls.handle_many is not BaseEventHandler.handle_many
-        if not (overrides_handle or overrides_many):
+        handle_owner = _owner(cls, "handle")
+        many_owner = _owner(cls, "handle_many")
+        if handle_owner is BaseEventHandler and many_owner is BaseEventHandler:
             raise ConfigurationError(
                 f"{cls.__qualname__} must override handle(event) or handle_many(events)"
             )
-        return [_HandlerDestination(self, batched=overrides_many)]
+        # The most derived override wins: a subclass of a batched handler that overrides
+        # handle() takes events one at a time.
+        mro = cls.__mro__
+        batched = many_owner is not BaseEventHandler and mro.index(many_owner) <= mro.index(
+            handle_owner
+        )
+        return [_HandlerDestination(self, batched=batched)]
 
     @property
     def generation(self) -> int:
@@ -84,6 +93,11 @@ class BaseEventHandler:
     def destination_name(self) -> str:
         name = getattr(self, "_destination_name", None)
         return name or f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def _owner(cls: type, attribute: str) -> type:
+    """The class in ``cls``'s MRO that defines ``attribute``."""
+    return next(klass for klass in cls.__mro__ if attribute in vars(klass))
 
 
 class _HandlerDestination(Destination):

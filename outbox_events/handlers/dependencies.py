@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
+import sys
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -31,12 +34,8 @@ class Dependant:
         self.call = call
         self.dependencies: dict[str, tuple[Dependant, bool]] = {}
         self.event_params: list[str] = []
-        try:
-            hints = typing.get_type_hints(call, include_extras=True)
-        except Exception:  # unresolvable annotations: fall back to the raw ones
-            hints = {}
         for param in inspect.signature(call).parameters.values():
-            annotation = hints.get(param.name, param.annotation)
+            annotation = _resolve_annotation(call, param.annotation)
             marker = _as_depends(param.default)
             if marker is None and typing.get_origin(annotation) is Annotated:
                 for extra in typing.get_args(annotation)[1:]:
@@ -81,11 +80,39 @@ class Dependant:
             value = await asyncio.to_thread(manager.__enter__)
             stack.push_async_exit(_threaded_exit(manager))
             return value
-        if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
-            getattr(call, "__call__", None)
-        ):
+        if is_async_callable(call):
             return await call(*args, **kwargs)
         return await asyncio.to_thread(call, *args, **kwargs)
+
+
+def is_async_callable(call: Any) -> bool:
+    """Whether calling ``call`` returns an awaitable (async functions, partials of them, and
+    instances with an async ``__call__``)."""
+    while isinstance(call, functools.partial):
+        call = call.func
+    return inspect.iscoroutinefunction(call) or (
+        callable(call) and inspect.iscoroutinefunction(call.__call__)
+    )
+
+
+def _resolve_annotation(call: Callable[..., Any], annotation: Any) -> Any:
+    """The annotation, evaluated if it is a string (``from __future__ import annotations``).
+
+    Each parameter is resolved on its own: one annotation that cannot be (a name imported only
+    under ``TYPE_CHECKING``) must not hide the ``Annotated[..., Depends(...)]`` of another.
+    """
+    if not isinstance(annotation, str):
+        return annotation
+    target = inspect.unwrap(call)
+    namespace = getattr(target, "__globals__", None)
+    if namespace is None:  # a class or a callable instance: the globals of its module
+        module = sys.modules.get(getattr(target, "__module__", None) or "")
+        namespace = vars(module) if module is not None else {}
+    holder = types.SimpleNamespace(__annotations__={"annotation": annotation})
+    try:
+        return typing.get_type_hints(holder, globalns=namespace, include_extras=True)["annotation"]
+    except Exception:  # unresolvable: keep the string; it names no dependency anyway
+        return annotation
 
 
 def _threaded_exit(manager: contextlib.AbstractContextManager[Any]) -> Callable[..., Any]:

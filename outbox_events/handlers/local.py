@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from outbox_events.exceptions import ConfigurationError
 from outbox_events.handlers.base import BaseEventHandler, Destination
-from outbox_events.handlers.dependencies import Dependant
+from outbox_events.handlers.dependencies import Dependant, is_async_callable
 from outbox_events.names import EventName, event_name_str
 from outbox_events.typing import Event
 
@@ -54,11 +53,18 @@ class LocalHandler(BaseEventHandler):
             if not callable(func):
                 raise ConfigurationError(f"local handler must be callable, got {func!r}")
             pattern = event_name_str(event_name)
+            destination = self._names.get(func) if name is None else name
+            destination = destination or _qualified_name(func)
+            for other, other_name in self._names.items():
+                if other_name == destination and other is not func:
+                    raise ConfigurationError(
+                        f"{func!r} and {other!r} would both be the destination "
+                        f"{destination!r}; give them distinct names with register(name=...)"
+                    )
             handlers = self._registry.setdefault(pattern, [])
             if func not in handlers:
                 handlers.append(func)
-            if name is not None or func not in self._names:
-                self._names[func] = name or _qualified_name(func)
+            self._names[func] = destination
             self._generation += 1
             return func
 
@@ -75,8 +81,10 @@ class LocalHandler(BaseEventHandler):
         for pattern, functions in self._registry.items():
             for func in functions:
                 patterns.setdefault(func, []).append(pattern)
-        return [_FunctionDestination(func, self._names[func], tuple(p)) for func, p in
-                patterns.items()]
+        return [
+            _FunctionDestination(func, self._names[func], tuple(func_patterns))
+            for func, func_patterns in patterns.items()
+        ]
 
     async def handle(self, event: Event) -> None:
         """Call every matching function in turn (what fastapi-events' LocalHandler did)."""
@@ -91,17 +99,24 @@ class _FunctionDestination(Destination):
         self.name = name
         self.patterns = patterns
         self.dependant = Dependant(func)
-        self.is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-            getattr(func, "__call__", None)
-        )
+        self.is_async = is_async_callable(func)
 
     async def handle(self, event: Event) -> None:
         if not self.dependant.dependencies:
             await self._call(event, {})
             return
+        error: Exception | None = None
         async with contextlib.AsyncExitStack() as stack:
             kwargs = await self.dependant.solve(event, stack, {})
-            await self._call(event, kwargs)
+            try:
+                await self._call(event, kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+        if error is not None:
+            # A generator dependency caught the handler's exception without re-raising it: the
+            # delivery still failed and must be retried.
+            raise error
 
     async def _call(self, event: Event, kwargs: dict[str, Any]) -> None:
         if self.is_async:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -34,7 +33,9 @@ class Outcome:
 
 
 def describe(error: BaseException) -> str:
-    text = f"{type(error).__qualname__}: {error}".rstrip(": ")
+    """``"ExcType: message"`` (or just the type when the message is empty), truncated."""
+    message = str(error)
+    text = f"{type(error).__qualname__}: {message}" if message else type(error).__qualname__
     return text[:MAX_ERROR_LENGTH]
 
 
@@ -42,15 +43,30 @@ def to_event(delivery: ClaimedDelivery) -> Event:
     """The Event for a claimed row; raises ValueError when its stored JSON is unreadable."""
     try:
         payload = _json.decode(delivery.payload)
-        headers = _json.decode(delivery.headers) or {}
-        trace_context = _json.decode(delivery.trace_context) or {}
-    except json.JSONDecodeError as exc:
+        headers = _decode_mapping(delivery.headers, "headers")
+        trace_context = _decode_mapping(delivery.trace_context, "trace context")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"stored event cannot be decoded: {exc}") from exc
     return Event(
-        name=delivery.name, payload=payload, id=delivery.event_id, key=delivery.key,
-        headers=headers, created_at=delivery.created_at, attempt=delivery.attempts,
-        destination=delivery.destination, trace_context=trace_context,
+        name=delivery.name,
+        payload=payload,
+        id=delivery.event_id,
+        key=delivery.key,
+        headers=headers,
+        created_at=delivery.created_at,
+        attempt=delivery.attempts,
+        destination=delivery.destination,
+        trace_context=trace_context,
     )
+
+
+def _decode_mapping(text: str | None, what: str) -> dict[str, str]:
+    value = _json.decode(text)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 async def deliver(
@@ -102,7 +118,11 @@ async def _deliver_batch(
             for outcome, _ in ready:
                 _record_failure(outcome, exc)
             return
-    ready[0][0].chained = unit.take()
+    # The events the handler dispatched belong to no single event of the batch: they commit
+    # with the first delivered one (at-least-once), and are dropped only when all failed.
+    delivered = next((outcome for outcome, _ in ready if outcome.error is None), None)
+    if delivered is not None:
+        delivered.chained = unit.take()
 
 
 def _record_failure(outcome: Outcome, error: BaseException) -> None:
