@@ -11,18 +11,30 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from outbox_events import Outbox
 
+T = TypeVar("T")
+
 POSTGRES_URL_VARIABLE = "OUTBOX_TEST_POSTGRES_URL"
 DATABASES = ("sqlite", "postgres")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from synchronous fixture code on a private event loop (asyncio.run
+    would reset the loop that pytest-asyncio keeps for the async tests)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
 
 
 def postgres_admin_url() -> str:
@@ -64,17 +76,17 @@ def postgres_template() -> Iterator[str]:
     """A migrated PostgreSQL database that per-test databases are cloned from."""
     admin = postgres_admin_url()
     name = f"outbox_template_{os.getpid()}"
-    asyncio.run(_admin(admin, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
-    asyncio.run(_migrate(make_url(admin).set(database=name).render_as_string(False)))
+    run_sync(_admin(admin, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    run_sync(_migrate(make_url(admin).set(database=name).render_as_string(False)))
     yield name
-    asyncio.run(_admin(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    run_sync(_admin(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file that per-test databases are copied from."""
     path = tmp_path_factory.mktemp("template") / "outbox.db"
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
+    run_sync(_migrate(f"sqlite+aiosqlite:///{path}"))
     return path
 
 
@@ -89,9 +101,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     template = request.getfixturevalue("postgres_template")
     admin = postgres_admin_url()
     name = f"outbox_test_{uuid.uuid4().hex[:16]}"
-    asyncio.run(_admin(admin, f"CREATE DATABASE {name} TEMPLATE {template}"))
+    run_sync(_admin(admin, f"CREATE DATABASE {name} TEMPLATE {template}"))
     yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    run_sync(_admin(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture
@@ -108,7 +120,7 @@ def empty_database_url(database_url: str) -> str:
             await connection.execute(sa.text("DROP TABLE outbox_events_alembic_version"))
         await engine.dispose()
 
-    asyncio.run(drop())
+    run_sync(drop())
     return database_url
 
 

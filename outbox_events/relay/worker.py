@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections import defaultdict
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from outbox_events.exceptions import StoreError
 from outbox_events.relay.delivery import Outcome, deliver, describe
 from outbox_events.store import notifications
-from outbox_events.store.store import ClaimedDelivery, DeadLetter, Retry
+from outbox_events.store.store import ClaimedDelivery, DeadLetter, Retry, Row
 from outbox_events.store.tables import DELIVERED
 
 if TYPE_CHECKING:
@@ -292,18 +293,19 @@ class Relay:
             raise
         return await self._settle(claim.token, [o for group in groups for o in group])
 
-    async def _settle(self, token: object, outcomes: list[Outcome]) -> DrainResult:
+    async def _settle(self, token: uuid.UUID, outcomes: list[Outcome]) -> DrainResult:
         outbox = self.outbox
         now = outbox.clock()
         delivered: list[int] = []
         retries: list[Retry] = []
         dead: list[DeadLetter] = []
-        chained = []
+        chained: dict[int, list[Row]] = {}
         for outcome in outcomes:
             delivery, error = outcome.delivery, outcome.error
             if error is None:
                 delivered.append(delivery.id)
-                chained.extend(outcome.chained)
+                if outcome.chained:
+                    chained[delivery.id] = outbox.rows_for(outcome.chained)
                 logger.debug("delivered event %s to %s", delivery.event_id, delivery.destination,
                              extra={"action": "event_delivered", "event_id": str(delivery.event_id),
                                     "destination": delivery.destination})
@@ -326,9 +328,7 @@ class Relay:
                            "destination": delivery.destination},
                 )
         await asyncio.shield(outbox.store.settle(
-            token,  # type: ignore[arg-type]
-            delivered=delivered, retries=retries, dead=dead,
-            new_rows=outbox.rows_for(chained), now=now,
+            token, delivered=delivered, retries=retries, dead=dead, chained=chained, now=now,
         ))
         if chained:
             self.wake()

@@ -62,7 +62,7 @@ def claim(table: sa.Table) -> sa.Update:
     )
 
 
-def complete(table: sa.Table) -> sa.Update:
+def complete(table: sa.Table) -> sa.Executable:
     """Mark the rows ``:ids`` delivered, if the lease ``:token`` still holds them."""
     t = table
     return (
@@ -70,10 +70,11 @@ def complete(table: sa.Table) -> sa.Update:
         .where(t.c.id.in_(sa.bindparam("ids", expanding=True)))
         .where(t.c.lease_token == sa.bindparam("token"))
         .values(state=DELIVERED, finished_at=sa.bindparam("now"), lease_token=None)
+        .returning(t.c.id)
     )
 
 
-def delete_completed(table: sa.Table) -> sa.Delete:
+def delete_completed(table: sa.Table) -> sa.Executable:
     """Delete the delivered rows ``:ids``, if the lease ``:token`` still holds them (the
     default: delivered rows are not kept)."""
     t = table
@@ -81,6 +82,7 @@ def delete_completed(table: sa.Table) -> sa.Delete:
         sa.delete(t)
         .where(t.c.id.in_(sa.bindparam("ids", expanding=True)))
         .where(t.c.lease_token == sa.bindparam("token"))
+        .returning(t.c.id)
     )
 
 

@@ -139,21 +139,25 @@ class OutboxStore:
         delivered: Sequence[int],
         retries: Sequence[Retry] = (),
         dead: Sequence[DeadLetter] = (),
-        new_rows: Sequence[Row] = (),
+        chained: Mapping[int, Sequence[Row]] | None = None,
         now: datetime,
     ) -> None:
-        """Record the outcome of a claim in one transaction, with the rows of events the
-        handlers dispatched; rows whose lease was lost to a newer claim are left alone."""
+        """Record the outcome of a claim in one transaction. Rows whose lease was lost to a
+        newer claim are left alone, and so are the events their handlers dispatched
+        (``chained``, by row id): those are written only with their row's success."""
         with translated_errors("record delivery results"):
             async with self.engine.begin() as connection:
-                if new_rows:
-                    await connection.execute(self._insert, list(new_rows))
-                    if self._notify is not None:
-                        await connection.execute(self._notify, {"channel": self.channel})
                 if delivered:
-                    await connection.execute(
+                    result = await connection.execute(
                         self._complete, {"ids": list(delivered), "token": token, "now": now}
                     )
+                    settled = set(result.scalars())
+                    new_rows = [row for row_id, rows in (chained or {}).items()
+                                if row_id in settled for row in rows]
+                    if new_rows:
+                        await connection.execute(self._insert, new_rows)
+                        if self._notify is not None:
+                            await connection.execute(self._notify, {"channel": self.channel})
                 if retries:
                     await connection.execute(
                         self._reschedule,

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from outbox_events import Outbox
 from outbox_events.store.migrate import script_location, version_table
 from outbox_events.store.tables import outbox_table
+from tests.conftest import run_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,8 +70,6 @@ def test_plain_alembic_with_the_shipped_scripts_creates_the_table(
     )
     assert result.returncode == 0, result.stderr
 
-    import asyncio
-
     async def tables() -> list[str]:
         engine = create_async_engine(empty_database_url)
         async with engine.connect() as connection:
@@ -78,7 +77,7 @@ def test_plain_alembic_with_the_shipped_scripts_creates_the_table(
         await engine.dispose()
         return names
 
-    assert "outbox_events" in asyncio.run(tables())
+    assert "outbox_events" in run_sync(tables())
 
 
 def test_table_and_schema_names_must_be_identifiers() -> None:
