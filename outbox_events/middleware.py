@@ -5,8 +5,8 @@ Pure ASGI. Per request it:
 - binds a fresh unit of work, so ``dispatch()`` anywhere in the request finds it;
 - when the response starts, writes the events that no transaction took in a transaction of its
   own, before passing ``http.response.start`` on (a failed write turns the response into a 500),
-  unless an instrumented session still has its transaction open, whose commit or rollback the
-  events then follow;
+  unless an instrumented session still holds uncommitted writes (for instance a FastAPI
+  dependency that commits after the response), whose commit or rollback the events then follow;
 - discards uncommitted events when the app raises or answers 5xx (unless
   ``deliver_on_failure=True``);
 - wakes the embedded relay once the response has been sent.
@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from outbox_events import session as session_hooks
 from outbox_events import unit_of_work
 from outbox_events.exceptions import ConfigurationError
 from outbox_events.handlers.base import BaseEventHandler
@@ -38,8 +39,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Messages before which the request's events must be durable.
-_FLUSH_BEFORE = frozenset({"http.response.start", "websocket.accept", "websocket.send",
-                           "websocket.close"})
+_FLUSH_BEFORE = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.send", "websocket.close"}
+)
+
+# Lifespan messages after which the app serves no more requests.
+_LIFESPAN_ENDS = frozenset(
+    {"lifespan.shutdown.complete", "lifespan.shutdown.failed", "lifespan.startup.failed"}
+)
 
 _outboxes: weakref.WeakValueDictionary[int, Outbox] = weakref.WeakValueDictionary()
 
@@ -103,15 +110,20 @@ class EventHandlerASGIMiddleware:
             kind = message["type"]
             if replaced:
                 return
-            if kind == "http.response.start" and message["status"] >= 500:
-                if not self.deliver_on_failure:
-                    unit.fail()
+            failed = kind == "http.response.start" and message["status"] >= 500
+            if failed and not self.deliver_on_failure:
+                unit.fail()
             if kind in _FLUSH_BEFORE:
                 error = await self._write_pending(unit)
                 if error is not None and kind == "http.response.start":
                     replaced = True
-                    await send({"type": "http.response.start", "status": 500,
-                                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 500,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                        }
+                    )
                     await send({"type": "http.response.body", "body": b"Internal Server Error"})
                     return
                 if error is not None:
@@ -127,24 +139,35 @@ class EventHandlerASGIMiddleware:
                 if self.deliver_on_failure:
                     await self._write_pending(unit)
                 unit.fail()
+                unit.sessions.clear()
                 raise
-            finally:
-                unit.open_sessions.clear()
         if unit.pending:  # dispatched after the response started (e.g. background tasks)
-            await self._write_pending(unit)
+            if session_hooks.holds_events(unit):
+                logger.warning(
+                    "the request ended while a session still had uncommitted writes; its %d "
+                    "event(s) are discarded with them",
+                    len(unit.pending),
+                    extra={"action": "events_discarded"},
+                )
+                unit.discard()
+            else:
+                await self._write_pending(unit)
+        unit.sessions.clear()
         self._wake_if_committed(unit)
 
     async def _write_pending(self, unit: unit_of_work.UnitOfWork) -> Exception | None:
-        """Write what no transaction took, unless a transaction of the request is still open.
-        Returns the error when the write failed (the events are then discarded)."""
-        if not unit.pending or unit.has_open_transaction():
+        """Write what no transaction took, unless a session of the request holds uncommitted
+        writes (the events then follow its commit or rollback). Returns the error when the
+        write failed (the events are then discarded)."""
+        if not unit.pending or session_hooks.holds_events(unit):
             return None
         events = unit.take()
         try:
             await self.outbox.write(events)
         except Exception as exc:
             logger.exception(
-                "could not store %d event(s) of the request", len(events),
+                "could not store %d event(s) of the request",
+                len(events),
                 extra={"action": "event_write_failed"},
             )
             unit.fail()
@@ -165,7 +188,7 @@ class EventHandlerASGIMiddleware:
             return message
 
         async def stop_and_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] in _LIFESPAN_ENDS:
                 await self.outbox.relay.stop()
                 await self.outbox.flush_detached_writes()
             await send(message)

@@ -35,21 +35,23 @@ class PendingEvent:
 
 
 class UnitOfWork:
-    """The events of one request, script block or delivery, and the instrumented sessions that
-    have a transaction open in it."""
+    """The events of one request, script block or delivery, and the instrumented sessions
+    used in it."""
 
-    __slots__ = ("committed", "failed", "open_sessions", "outbox", "pending")
+    __slots__ = ("added", "committed", "failed", "outbox", "pending", "sessions")
 
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
         self.pending: list[PendingEvent] = []
-        self.open_sessions: set[Any] = set()  # sqlalchemy.orm.Session with a transaction begun
+        self.added = 0  # events added so far; pending holds the latest of them
+        self.sessions: set[Any] = set()  # instrumented sqlalchemy.orm.Session used in it
         self.committed = False  # a transaction of this unit of work wrote events
         self.failed = False  # events dispatched from now on are discarded
 
     def add(self, event: PendingEvent) -> None:
         if not self.failed:
             self.pending.append(event)
+            self.added += 1
 
     def take(self) -> list[PendingEvent]:
         """Remove and return the pending events."""
@@ -59,13 +61,17 @@ class UnitOfWork:
     def discard(self) -> None:
         self.pending.clear()
 
+    def discard_since(self, mark: int) -> None:
+        """Discard the pending events added after the first ``mark`` ones (a savepoint that
+        began when ``added`` was ``mark`` rolled back)."""
+        newer = self.added - mark
+        if newer > 0:
+            del self.pending[max(len(self.pending) - newer, 0) :]
+
     def fail(self) -> None:
         """Discard what is pending and whatever is dispatched later."""
         self.failed = True
         self.pending.clear()
-
-    def has_open_transaction(self) -> bool:
-        return any(session.in_transaction() for session in self.open_sessions)
 
 
 _current: ContextVar[UnitOfWork | None] = ContextVar("outbox_events_unit_of_work", default=None)
