@@ -84,8 +84,13 @@ def dispatch(
         ConfigurationError: a ``*_DISABLE_DISPATCH`` variable is set to a non-boolean value.
     """
     name, payload = _resolve(
-        event_name_or_model, payload, event_name, validate_payload,
-        payload_schema_cls_dict_args, payload_schema_registry, payload_schema_dump,
+        event_name_or_model,
+        payload,
+        event_name,
+        validate_payload,
+        payload_schema_cls_dict_args,
+        payload_schema_registry,
+        payload_schema_dump,
     )
     _check_key(name, key)
     headers_json = _encode_headers(name, headers)
@@ -136,8 +141,10 @@ def _resolve(
             raise DispatchError(
                 "both a pydantic model and a payload were given to dispatch(); pass one of them"
             )
-        raw_name = event_name if event_name is not None else getattr(
-            event_name_or_model, "__event_name__", None
+        raw_name = (
+            event_name
+            if event_name is not None
+            else getattr(event_name_or_model, "__event_name__", None)
         )
         if raw_name is None:
             raise EventNameError(

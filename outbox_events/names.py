@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 from outbox_events.exceptions import EventNameError
 
-EventName = Union[str, enum.Enum]
+EventName: TypeAlias = str | enum.Enum  # an Enum member's str value (or name) is stored
 MAX_NAME_LENGTH = 255  # characters; the width of the table's name column
 
 

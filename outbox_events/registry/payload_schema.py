@@ -72,9 +72,7 @@ class BaseEventPayloadSchemaRegistry(UserDict[str, type[BaseModel]]):
         def _register(schema: SchemaT) -> SchemaT:
             if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
                 raise TypeError(f"payload schema must be a pydantic model class, got {schema!r}")
-            name = event_name if event_name is not None else getattr(
-                schema, "__event_name__", None
-            )
+            name = event_name if event_name is not None else getattr(schema, "__event_name__", None)
             if name is None:
                 raise EventNameError(
                     f"cannot tell the event name of payload schema {schema.__name__}: give "
