@@ -11,17 +11,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from outbox_events import Event, Outbox, dispatch
 from outbox_events.handlers.local import local_handler
 from outbox_events.middleware import EventHandlerASGIMiddleware
 
-engine = create_async_engine(os.environ.get("DEMO_DATABASE_URL", "sqlite+aiosqlite:///demo.db"))
+# The embedded default: a SQLite file and the relay inside this process. The Outbox's engine
+# (WAL, real transactions) serves the app's own sessions too.
+outbox = Outbox(
+    os.environ.get("DEMO_DATABASE_URL", "sqlite+aiosqlite:///demo.db"), handlers=[local_handler]
+)
+engine = outbox.engine
 Session = async_sessionmaker(engine, expire_on_commit=False)
-
-outbox = Outbox(engine, handlers=[local_handler])
 outbox.instrument(Session)  # events ride with these sessions' transactions
 
 received: list[Event] = []  # what the handlers got, for the demo to show
@@ -50,7 +53,7 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await connection.run_sync(Base.metadata.create_all)
     await outbox.migrate()
     yield
-    await engine.dispose()
+    await outbox.close()
 
 
 app = FastAPI(lifespan=lifespan)

@@ -141,19 +141,11 @@ class EventHandlerASGIMiddleware:
                 unit.fail()
                 unit.sessions.clear()
                 raise
-        if unit.pending:  # dispatched after the response started (e.g. background tasks)
-            if session_hooks.holds_events(unit):
-                logger.warning(
-                    "the request ended while a session still had uncommitted writes; its %d "
-                    "event(s) are discarded with them",
-                    len(unit.pending),
-                    extra={"action": "events_discarded"},
-                )
-                unit.discard()
-            else:
-                await self._write_pending(unit)
-        unit.sessions.clear()
-        self._wake_if_committed(unit)
+        try:  # events dispatched after the response started (e.g. background tasks)
+            await outbox.finish_unit(unit)
+        except Exception:
+            logger.exception("could not store the events dispatched after the response",
+                             extra={"action": "event_write_failed"})
 
     async def _write_pending(self, unit: unit_of_work.UnitOfWork) -> Exception | None:
         """Write what no transaction took, unless a session of the request holds uncommitted

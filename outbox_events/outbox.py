@@ -21,7 +21,7 @@ from outbox_events.store import engine as engines
 from outbox_events.store import migrate as migrations
 from outbox_events.store.store import OutboxStore, Row
 from outbox_events.store.tables import DEFAULT_TABLE, PENDING, outbox_table
-from outbox_events.unit_of_work import PendingEvent
+from outbox_events.unit_of_work import PendingEvent, UnitOfWork
 
 __all__ = ["Outbox"]
 
@@ -215,11 +215,28 @@ class Outbox:
                 yield unit
             except BaseException:
                 unit.fail()
+                unit.sessions.clear()
                 raise
+        await self.finish_unit(unit)
+
+    async def finish_unit(self, unit: UnitOfWork) -> None:
+        """End a unit of work: store the events no transaction took, unless a session of the
+        unit still holds uncommitted writes (the events are then discarded with them); wake
+        the relay if anything was stored."""
+        if unit.pending and session_hooks.holds_events(unit):
+            logger.warning(
+                "the unit of work ended while a session still had uncommitted writes; its %d "
+                "event(s) are discarded with them", len(unit.pending),
+                extra={"action": "events_discarded"},
+            )
+            unit.discard()
+        unit.sessions.clear()
         events = unit.take()
         if events:
             await self.write(events)
-        if events or unit.committed:
+            unit.committed = True
+        if unit.committed:
+            unit.committed = False
             self.wake()
 
     def write_detached(self, event: PendingEvent) -> None:
