@@ -173,16 +173,13 @@ class EventHandlerASGIMiddleware:
             self.outbox.wake()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def receive_and_start() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
+        async def start_stop_and_send(message: Message) -> None:
+            # The relay starts once the app's own startup is done (it may create the tables).
+            if message["type"] == "lifespan.startup.complete":
                 self.outbox.ensure_started()
-            return message
-
-        async def stop_and_send(message: Message) -> None:
-            if message["type"] in _LIFESPAN_ENDS:
+            elif message["type"] in _LIFESPAN_ENDS:
                 await self.outbox.relay.stop()
                 await self.outbox.flush_detached_writes()
             await send(message)
 
-        await self.app(scope, receive_and_start, stop_and_send)
+        await self.app(scope, receive, start_stop_and_send)

@@ -52,3 +52,13 @@ class Event:
 
     def __getitem__(self, index: int) -> Any:
         return (self.name, self.payload)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, tuple):  # fastapi-events' events were (name, payload) tuples
+            return (self.name, self.payload) == other
+        if isinstance(other, Event):
+            return all(getattr(self, f.name) == getattr(other, f.name)
+                       for f in dataclasses.fields(self))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # payloads are mutable

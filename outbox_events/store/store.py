@@ -73,7 +73,7 @@ def translated_errors(action: str) -> Iterator[None]:
     except SQLAlchemyError as exc:
         raise StoreError(f"could not {action}: {type(exc.__cause__ or exc).__name__}: "
                          f"{_first_line(exc)}") from exc
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:
         raise StoreError(f"could not {action}: {exc}") from exc
 
 

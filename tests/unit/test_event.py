@@ -69,3 +69,11 @@ def test_an_event_cannot_be_changed_by_a_handler() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.name = "order.refunded"  # type: ignore[misc]
+
+
+def test_an_event_equals_the_name_and_payload_tuple_fastapi_events_handed_out() -> None:
+    event = Event(name="order.paid", payload={"id": 1}, id=uuid.uuid4())
+
+    assert event == ("order.paid", {"id": 1})
+    assert event != ("order.paid", {"id": 2})
+    assert event != Event(name="order.paid", payload={"id": 1}, id=uuid.uuid4())
