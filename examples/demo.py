@@ -36,8 +36,9 @@ async def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # hide the demo's own 500
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(example.app, host="127.0.0.1", port=port,
-                                           log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(example.app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)

@@ -144,8 +144,10 @@ class EventHandlerASGIMiddleware:
         try:  # events dispatched after the response started (e.g. background tasks)
             await outbox.finish_unit(unit)
         except Exception:
-            logger.exception("could not store the events dispatched after the response",
-                             extra={"action": "event_write_failed"})
+            logger.exception(
+                "could not store the events dispatched after the response",
+                extra={"action": "event_write_failed"},
+            )
 
     async def _write_pending(self, unit: unit_of_work.UnitOfWork) -> Exception | None:
         """Write what no transaction took, unless a session of the request holds uncommitted

@@ -98,14 +98,16 @@ class Outbox:
             raise ConfigurationError("poll_interval and lease must be positive numbers of seconds")
         self._owns_engine = not isinstance(database, AsyncEngine)
         self.engine: AsyncEngine = (
-            database if isinstance(database, AsyncEngine)
+            database
+            if isinstance(database, AsyncEngine)
             else engines.create_engine(database, **(engine_options or {}))
         )
         self.table_name = table
         self.schema = schema
         self.retention = _seconds(retention)
-        self.store = OutboxStore(self.engine, outbox_table(table, schema),
-                                 keep_delivered=self.retention is not None)
+        self.store = OutboxStore(
+            self.engine, outbox_table(table, schema), keep_delivered=self.retention is not None
+        )
         self.retry = retry or RetryPolicy()
         self.relay_mode: RelayMode = relay
         self.max_payload_size = max_payload_size
@@ -115,9 +117,7 @@ class Outbox:
         self._routes: dict[str, tuple[str, ...]] = {}
         self._generation: tuple[int, ...] | None = None
         self._detached_writes: set[asyncio.Task[None]] = set()
-        self.relay = Relay(
-            self, batch_size=batch_size, poll_interval=poll_interval, lease=lease
-        )
+        self.relay = Relay(self, batch_size=batch_size, poll_interval=poll_interval, lease=lease)
         self.add_handlers(handlers)
 
     def __repr__(self) -> str:
@@ -164,11 +164,15 @@ class Outbox:
         destinations = self.destinations
         route = self._routes.get(event_name)
         if route is None:
-            route = tuple(name for name, destination in destinations.items()
-                          if destination.accepts(event_name))
+            route = tuple(
+                name
+                for name, destination in destinations.items()
+                if destination.accepts(event_name)
+            )
             if not route:
                 logger.warning(
-                    "no destination takes events named %r; they are not stored", event_name,
+                    "no destination takes events named %r; they are not stored",
+                    event_name,
                     extra={"action": "event_unrouted", "event_name": event_name},
                 )
             self._routes[event_name] = route
@@ -184,10 +188,17 @@ class Outbox:
         """One row per (event, destination that takes it)."""
         return [
             {
-                "event_id": event.id, "destination": destination, "name": event.name,
-                "payload": event.payload, "key": event.key, "headers": event.headers,
-                "trace_context": event.trace_context, "created_at": event.created_at,
-                "state": PENDING, "attempts": 0, "available_at": event.available_at,
+                "event_id": event.id,
+                "destination": destination,
+                "name": event.name,
+                "payload": event.payload,
+                "key": event.key,
+                "headers": event.headers,
+                "trace_context": event.trace_context,
+                "created_at": event.created_at,
+                "state": PENDING,
+                "attempts": 0,
+                "available_at": event.available_at,
             }
             for event in events
             for destination in self.destinations_for(event.name)
@@ -226,7 +237,8 @@ class Outbox:
         if unit.pending and session_hooks.holds_events(unit):
             logger.warning(
                 "the unit of work ended while a session still had uncommitted writes; its %d "
-                "event(s) are discarded with them", len(unit.pending),
+                "event(s) are discarded with them",
+                len(unit.pending),
                 extra={"action": "events_discarded"},
             )
             unit.discard()
@@ -250,8 +262,10 @@ class Outbox:
         try:
             await self.write(events)
         except Exception:
-            logger.exception("could not store events dispatched outside a request",
-                             extra={"action": "event_write_failed"})
+            logger.exception(
+                "could not store events dispatched outside a request",
+                extra={"action": "event_write_failed"},
+            )
             raise
         self.wake()
 

@@ -57,8 +57,9 @@ class Event:
         if isinstance(other, tuple):  # fastapi-events' events were (name, payload) tuples
             return (self.name, self.payload) == other
         if isinstance(other, Event):
-            return all(getattr(self, f.name) == getattr(other, f.name)
-                       for f in dataclasses.fields(self))
+            return all(
+                getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self)
+            )
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # payloads are mutable

@@ -53,7 +53,10 @@ async def _admin(url: str, *statements: str) -> None:
 
     parsed = make_url(url)
     connection = await asyncpg.connect(
-        host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password,
+        host=parsed.host,
+        port=parsed.port,
+        user=parsed.username,
+        password=parsed.password,
         database=parsed.database,
     )
     try:
@@ -154,8 +157,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     database = "no database"
     for name in DATABASES:
-        if f"[{name}" in report.nodeid or f"-{name}]" in report.nodeid or f"-{name}-" in \
-                report.nodeid:
+        if (
+            f"[{name}" in report.nodeid
+            or f"-{name}]" in report.nodeid
+            or f"-{name}-" in report.nodeid
+        ):
             database = name
     counts = _outcomes.setdefault(database, {})
     counts[report.outcome] = counts.get(report.outcome, 0) + 1

@@ -7,6 +7,7 @@ signal handlers or configures logging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -42,8 +43,9 @@ def parse_duration(
         return None
     match = _DURATION.match(value)
     if not match:
-        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 15m, 12h or 7d",
-                                 param=param)
+        raise click.BadParameter(
+            f"{value!r} is not a duration such as 90s, 15m, 12h or 7d", param=param
+        )
     return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
 
 
@@ -57,13 +59,15 @@ def load_outbox(target: str) -> Outbox:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise click.BadParameter(f"cannot import module {module_name!r}: {exc}",
-                                 param_hint="APP") from exc
+        raise click.BadParameter(
+            f"cannot import module {module_name!r}: {exc}", param_hint="APP"
+        ) from exc
     try:
         value = getattr(module, attribute)
     except AttributeError as exc:
-        raise click.BadParameter(f"module {module_name!r} has no attribute {attribute!r}",
-                                 param_hint="APP") from exc
+        raise click.BadParameter(
+            f"module {module_name!r} has no attribute {attribute!r}", param_hint="APP"
+        ) from exc
     if not isinstance(value, Outbox):
         raise click.BadParameter(
             f"{target} is a {type(value).__name__}, not an outbox_events.Outbox",
@@ -91,21 +95,34 @@ def _env(name: str) -> dict[str, Any]:
 
 def outbox_argument(command: Callable[..., Any]) -> Callable[..., Any]:
     """APP, or the database options for commands that need no handlers."""
-    for option in reversed([
-        click.argument("app", required=False, envvar="OUTBOX_APP"),
-        click.option("--database-url", **_env("DATABASE_URL"),
-                     help="Database URL, when no APP is given."),
-        click.option("--table", default=DEFAULT_TABLE, show_default=True, **_env("TABLE"),
-                     help="Outbox table name, when no APP is given."),
-        click.option("--schema", default=None, **_env("SCHEMA"),
-                     help="Database schema of the table, when no APP is given."),
-    ]):
+    for option in reversed(
+        [
+            click.argument("app", required=False, envvar="OUTBOX_APP"),
+            click.option(
+                "--database-url", **_env("DATABASE_URL"), help="Database URL, when no APP is given."
+            ),
+            click.option(
+                "--table",
+                default=DEFAULT_TABLE,
+                show_default=True,
+                **_env("TABLE"),
+                help="Outbox table name, when no APP is given.",
+            ),
+            click.option(
+                "--schema",
+                default=None,
+                **_env("SCHEMA"),
+                help="Database schema of the table, when no APP is given.",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
 
-def _outbox_from(app: str | None, database_url: str | None, table: str,
-                 schema: str | None) -> Outbox:
+def _outbox_from(
+    app: str | None, database_url: str | None, table: str, schema: str | None
+) -> Outbox:
     if app:
         return load_outbox(app)
     if database_url:
@@ -116,9 +133,9 @@ def _outbox_from(app: str | None, database_url: str | None, table: str,
 def _echo_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any) -> str:
@@ -137,12 +154,18 @@ def _json_default(value: Any) -> Any:
 
 
 @click.group()
-@click.option("--log-level", default="INFO", show_default=True, **_env("LOG_LEVEL"),
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    **_env("LOG_LEVEL"),
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """Relay and operator commands of outbox_events."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @main.command()
@@ -156,41 +179,89 @@ def migrate(app: str | None, database_url: str | None, table: str, schema: str |
 
 @main.command()
 @click.argument("app", envvar="OUTBOX_APP")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=None, **_env("CONCURRENCY"),
-              help="Batches in flight at once.  [default: the Outbox's]")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=None,
-              **_env("BATCH_SIZE"), help="Deliveries claimed per round trip.  [default: the "
-              "Outbox's]")
-@click.option("--poll-interval", type=click.FloatRange(0.01), default=None,
-              **_env("POLL_INTERVAL"), help="Seconds between polls when nothing wakes the "
-              "relay.  [default: the Outbox's]")
-@click.option("--lease", type=click.FloatRange(1), default=None, **_env("LEASE"),
-              help="Seconds a claim holds its rows before another relay may take them.  "
-              "[default: the Outbox's]")
-@click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
-              **_env("SHUTDOWN_TIMEOUT"), help="Seconds to finish in-flight deliveries after "
-              "SIGTERM/SIGINT before releasing them.")
-@click.option("--until-idle", is_flag=True, **_env("UNTIL_IDLE"),
-              help="Deliver what is deliverable now, then exit.")
-def run(app: str, concurrency: int | None, batch_size: int | None, poll_interval: float | None,
-        lease: float | None, shutdown_timeout: float, until_idle: bool) -> None:
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=None,
+    **_env("CONCURRENCY"),
+    help="Batches in flight at once.  [default: the Outbox's]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    **_env("BATCH_SIZE"),
+    help="Deliveries claimed per round trip.  [default: the Outbox's]",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.01),
+    default=None,
+    **_env("POLL_INTERVAL"),
+    help="Seconds between polls when nothing wakes the relay.  [default: the Outbox's]",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(1),
+    default=None,
+    **_env("LEASE"),
+    help="Seconds a claim holds its rows before another relay may take them.  "
+    "[default: the Outbox's]",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    **_env("SHUTDOWN_TIMEOUT"),
+    help="Seconds to finish in-flight deliveries after SIGTERM/SIGINT before releasing them.",
+)
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    **_env("UNTIL_IDLE"),
+    help="Deliver what is deliverable now, then exit.",
+)
+def run(
+    app: str,
+    concurrency: int | None,
+    batch_size: int | None,
+    poll_interval: float | None,
+    lease: float | None,
+    shutdown_timeout: float,
+    until_idle: bool,
+) -> None:
     """Deliver the events of APP's Outbox until SIGTERM/SIGINT (a graceful stop, exit 0).
 
     APP is MODULE:ATTR naming the Outbox (also as OUTBOX_APP).
     """
     outbox = load_outbox(app)
     relay = outbox.relay
-    relay.configure(concurrency=concurrency, batch_size=batch_size,
-                    poll_interval=poll_interval, lease=lease,
-                    shutdown_timeout=shutdown_timeout)
-    logger.info("relay starting on %s (concurrency %d, batch size %d)", mask(outbox.engine.url),
-                relay.concurrency, relay.batch_size, extra={"action": "relay_started"})
+    relay.configure(
+        concurrency=concurrency,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        lease=lease,
+        shutdown_timeout=shutdown_timeout,
+    )
+    logger.info(
+        "relay starting on %s (concurrency %d, batch size %d)",
+        mask(outbox.engine.url),
+        relay.concurrency,
+        relay.batch_size,
+        extra={"action": "relay_started"},
+    )
 
     async def work(o: Outbox) -> None:
         if until_idle:
             result = await o.drain()
-            logger.info("idle: delivered %d, retrying %d, dead-lettered %d", result.delivered,
-                        result.retried, result.dead_lettered, extra={"action": "relay_idle"})
+            logger.info(
+                "idle: delivered %d, retrying %d, dead-lettered %d",
+                result.delivered,
+                result.retried,
+                result.dead_lettered,
+                extra={"action": "relay_idle"},
+            )
             return
         running = asyncio.ensure_future(relay.run())
         loop = asyncio.get_running_loop()
@@ -201,16 +272,18 @@ def run(app: str, concurrency: int | None, batch_size: int | None, poll_interval
             if stopping:
                 return
             stopping = True
-            logger.info("%s received: finishing in-flight deliveries (up to %.0f s)",
-                        signum.name, shutdown_timeout, extra={"action": "relay_stopping"})
+            logger.info(
+                "%s received: finishing in-flight deliveries (up to %.0f s)",
+                signum.name,
+                shutdown_timeout,
+                extra={"action": "relay_stopping"},
+            )
             running.cancel()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop, signum)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await running
-        except asyncio.CancelledError:
-            pass
         logger.info("relay stopped", extra={"action": "relay_stopped"})
 
     _run(outbox, work)
@@ -219,8 +292,9 @@ def run(app: str, concurrency: int | None, batch_size: int | None, poll_interval
 @main.command()
 @outbox_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(app: str | None, database_url: str | None, table: str, schema: str | None,
-           as_json: bool) -> None:
+def status(
+    app: str | None, database_url: str | None, table: str, schema: str | None, as_json: bool
+) -> None:
     """Per destination: pending, in flight, dead, delivered (kept), oldest pending age."""
     outbox = _outbox_from(app, database_url, table, schema)
     now = outbox.clock()
@@ -233,8 +307,10 @@ def status(app: str | None, database_url: str | None, table: str, schema: str | 
     if as_json:
         click.echo(json.dumps(rows))
     else:
-        _echo_table(rows, ["destination", "pending", "in_flight", "dead", "delivered",
-                           "oldest_pending_age_s"])
+        _echo_table(
+            rows,
+            ["destination", "pending", "in_flight", "dead", "delivered", "oldest_pending_age_s"],
+        )
 
 
 @main.group("dead-letter")
@@ -245,28 +321,54 @@ def dead_letter() -> None:
 @dead_letter.command("list")
 @outbox_argument
 @click.option("--destination", help="Only this destination.")
-@click.option("--name", "event_name", help="Only event names matching this SQL LIKE pattern "
-              "(e.g. 'order.%').")
-@click.option("--older-than", callback=parse_duration, help="Only dead-lettered more than this long "
-              "ago (e.g. 2h, 7d).")
-@click.option("--after-id", type=click.IntRange(0), default=0, show_default=True,
-              help="Page: rows after this row id.")
+@click.option(
+    "--name", "event_name", help="Only event names matching this SQL LIKE pattern (e.g. 'order.%')."
+)
+@click.option(
+    "--older-than",
+    callback=parse_duration,
+    help="Only dead-lettered more than this long ago (e.g. 2h, 7d).",
+)
+@click.option(
+    "--after-id",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Page: rows after this row id.",
+)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_dead(app: str | None, database_url: str | None, table: str, schema: str | None,
-              destination: str | None, event_name: str | None, older_than: timedelta | None,
-              after_id: int, limit: int, as_json: bool) -> None:
+def list_dead(
+    app: str | None,
+    database_url: str | None,
+    table: str,
+    schema: str | None,
+    destination: str | None,
+    event_name: str | None,
+    older_than: timedelta | None,
+    after_id: int,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List dead-lettered deliveries, oldest first."""
     outbox = _outbox_from(app, database_url, table, schema)
     cutoff = outbox.clock() - older_than if older_than is not None else None
-    rows = _run(outbox, lambda o: o.store.dead_letters(
-        destination=destination, name=event_name, dead_before=cutoff, after_id=after_id,
-        limit=limit))
+    rows = _run(
+        outbox,
+        lambda o: o.store.dead_letters(
+            destination=destination,
+            name=event_name,
+            dead_before=cutoff,
+            after_id=after_id,
+            limit=limit,
+        ),
+    )
     if as_json:
         click.echo(json.dumps(rows, default=_json_default))
         return
-    _echo_table(rows, ["id", "event_id", "destination", "name", "attempts", "finished_at",
-                       "last_error"])
+    _echo_table(
+        rows, ["id", "event_id", "destination", "name", "attempts", "finished_at", "last_error"]
+    )
     if len(rows) == limit:
         click.echo(f"more: --after-id {rows[-1]['id']}", err=True)
 
@@ -283,16 +385,27 @@ def _progress(verb: str) -> Callable[[int], None]:
 @click.option("--id", "ids", multiple=True, help="A row id or event id (repeatable).")
 @click.option("--destination", help="Only this destination's dead deliveries.")
 @click.option("--all", "everything", is_flag=True, help="Every dead delivery.")
-def requeue(app: str | None, database_url: str | None, table: str, schema: str | None,
-            ids: tuple[str, ...], destination: str | None, everything: bool) -> None:
+def requeue(
+    app: str | None,
+    database_url: str | None,
+    table: str,
+    schema: str | None,
+    ids: tuple[str, ...],
+    destination: str | None,
+    everything: bool,
+) -> None:
     """Give dead-lettered deliveries a fresh set of attempts."""
     if not (ids or destination or everything):
         raise click.UsageError("say which: --id ..., --destination NAME or --all")
     parsed: list[int | uuid.UUID] | None = [_parse_id(i) for i in ids] if ids else None
     outbox = _outbox_from(app, database_url, table, schema)
     now = outbox.clock()
-    count = _run(outbox, lambda o: o.store.requeue(
-        now=now, ids=parsed, destination=destination, on_progress=_progress("requeued")))
+    count = _run(
+        outbox,
+        lambda o: o.store.requeue(
+            now=now, ids=parsed, destination=destination, on_progress=_progress("requeued")
+        ),
+    )
     click.echo(f"requeued {count} delivery(ies)")
 
 
@@ -302,37 +415,72 @@ def _parse_id(value: str) -> int | uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a row id nor an event id",
-                                 param_hint="--id") from None
+        raise click.BadParameter(
+            f"{value!r} is neither a row id nor an event id", param_hint="--id"
+        ) from None
 
 
-def _purge(app: str | None, database_url: str | None, table: str, schema: str | None,
-           older_than: timedelta, states: list[str]) -> None:
+def _purge(
+    app: str | None,
+    database_url: str | None,
+    table: str,
+    schema: str | None,
+    older_than: timedelta,
+    states: list[str],
+) -> None:
     outbox = _outbox_from(app, database_url, table, schema)
     cutoff = outbox.clock() - older_than
-    count = _run(outbox, lambda o: o.store.purge(
-        states=states, finished_before=cutoff, on_progress=_progress("purged")))
-    click.echo(f"purged {count} {'/'.join(states)} row(s) finished before "
-               f"{cutoff.isoformat(timespec='seconds')}")
+    count = _run(
+        outbox,
+        lambda o: o.store.purge(
+            states=states, finished_before=cutoff, on_progress=_progress("purged")
+        ),
+    )
+    click.echo(
+        f"purged {count} {'/'.join(states)} row(s) finished before "
+        f"{cutoff.isoformat(timespec='seconds')}"
+    )
 
 
 @dead_letter.command("purge")
 @outbox_argument
-@click.option("--older-than", callback=parse_duration, required=True,
-              help="Delete dead deliveries dead-lettered more than this long ago.")
-def purge_dead(app: str | None, database_url: str | None, table: str, schema: str | None,
-               older_than: timedelta) -> None:
+@click.option(
+    "--older-than",
+    callback=parse_duration,
+    required=True,
+    help="Delete dead deliveries dead-lettered more than this long ago.",
+)
+def purge_dead(
+    app: str | None, database_url: str | None, table: str, schema: str | None, older_than: timedelta
+) -> None:
     """Delete dead-lettered deliveries older than a given age."""
     _purge(app, database_url, table, schema, older_than, [DEAD])
 
 
 @main.command()
 @outbox_argument
-@click.option("--older-than", callback=parse_duration, required=True,
-              help="Delete rows that finished more than this long ago.")
-@click.option("--state", "states", type=click.Choice([DELIVERED, DEAD]), multiple=True,
-              default=[DELIVERED], show_default=True, help="Which finished rows (repeatable).")
-def purge(app: str | None, database_url: str | None, table: str, schema: str | None,
-          older_than: timedelta, states: tuple[str, ...]) -> None:
+@click.option(
+    "--older-than",
+    callback=parse_duration,
+    required=True,
+    help="Delete rows that finished more than this long ago.",
+)
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice([DELIVERED, DEAD]),
+    multiple=True,
+    default=[DELIVERED],
+    show_default=True,
+    help="Which finished rows (repeatable).",
+)
+def purge(
+    app: str | None,
+    database_url: str | None,
+    table: str,
+    schema: str | None,
+    older_than: timedelta,
+    states: tuple[str, ...],
+) -> None:
     """Delete delivered (kept for retention) or dead rows older than a given age."""
     _purge(app, database_url, table, schema, older_than, list(states))

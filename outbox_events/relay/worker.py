@@ -150,7 +150,8 @@ class Relay:
             return
         except asyncio.TimeoutError:
             logger.warning(
-                "in-flight deliveries did not finish within %.1f s; releasing them", timeout,
+                "in-flight deliveries did not finish within %.1f s; releasing them",
+                timeout,
                 extra={"action": "relay_stop_timeout"},
             )
         for batch in list(self._batches):
@@ -182,8 +183,12 @@ class Relay:
             except StoreError as exc:
                 failures += 1
                 delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
-                logger.warning("database unavailable (%s); retrying in %.1f s", exc, delay,
-                               extra={"action": "store_unavailable"})
+                logger.warning(
+                    "database unavailable (%s); retrying in %.1f s",
+                    exc,
+                    delay,
+                    extra={"action": "store_unavailable"},
+                )
                 await self._idle(delay)
                 continue
             if failures:
@@ -210,13 +215,18 @@ class Relay:
                     failures = 0
                     self.wake()  # catch up on what committed while we were not listening
                     await lost
-                logger.warning("notification connection lost; reconnecting",
-                               extra={"action": "listener_lost"})
+                logger.warning(
+                    "notification connection lost; reconnecting", extra={"action": "listener_lost"}
+                )
             except StoreError as exc:
                 failures += 1
                 delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
-                logger.warning("cannot listen for notifications (%s); retrying in %.1f s", exc,
-                               delay, extra={"action": "listener_unavailable"})
+                logger.warning(
+                    "cannot listen for notifications (%s); retrying in %.1f s",
+                    exc,
+                    delay,
+                    extra={"action": "listener_unavailable"},
+                )
                 await asyncio.sleep(delay)
 
     async def _purge_delivered(self, retention: float) -> None:
@@ -224,15 +234,18 @@ class Relay:
         while not self._stopping:
             cutoff = self.outbox.clock() - timedelta(seconds=retention)
             try:
-                purged = await self.outbox.store.purge(states=[DELIVERED],
-                                                       finished_before=cutoff)
+                purged = await self.outbox.store.purge(states=[DELIVERED], finished_before=cutoff)
             except StoreError as exc:
-                logger.warning("could not purge delivered rows (%s)", exc,
-                               extra={"action": "purge_failed"})
+                logger.warning(
+                    "could not purge delivered rows (%s)", exc, extra={"action": "purge_failed"}
+                )
             else:
                 if purged:
-                    logger.info("purged %d delivered row(s) past retention", purged,
-                                extra={"action": "rows_purged"})
+                    logger.info(
+                        "purged %d delivered row(s) past retention",
+                        purged,
+                        extra={"action": "rows_purged"},
+                    )
             await self._idle_for_purge()
 
     async def _idle_for_purge(self) -> None:
@@ -275,7 +288,9 @@ class Relay:
             return DrainResult()
         now = outbox.clock()
         claim = await outbox.store.claim(
-            destinations=list(destinations), limit=self.batch_size, now=now,
+            destinations=list(destinations),
+            limit=self.batch_size,
+            now=now,
             lease_until=now + self.lease,
         )
         if not claim.deliveries:
@@ -284,10 +299,12 @@ class Relay:
         for delivery in claim.deliveries:
             by_destination[delivery.destination].append(delivery)
         try:
-            groups = await asyncio.gather(*(
-                deliver(outbox, destinations[name], deliveries)
-                for name, deliveries in by_destination.items()
-            ))
+            groups = await asyncio.gather(
+                *(
+                    deliver(outbox, destinations[name], deliveries)
+                    for name, deliveries in by_destination.items()
+                )
+            )
         except asyncio.CancelledError:
             await asyncio.shield(outbox.store.release(claim.token, now=outbox.clock()))
             raise
@@ -306,30 +323,56 @@ class Relay:
                 delivered.append(delivery.id)
                 if outcome.chained:
                     chained[delivery.id] = outbox.rows_for(outcome.chained)
-                logger.debug("delivered event %s to %s", delivery.event_id, delivery.destination,
-                             extra={"action": "event_delivered", "event_id": str(delivery.event_id),
-                                    "destination": delivery.destination})
+                logger.debug(
+                    "delivered event %s to %s",
+                    delivery.event_id,
+                    delivery.destination,
+                    extra={
+                        "action": "event_delivered",
+                        "event_id": str(delivery.event_id),
+                        "destination": delivery.destination,
+                    },
+                )
             elif outcome.permanent or outbox.retry.gives_up_after(delivery.attempts):
                 dead.append(DeadLetter(delivery.id, describe(error)))
                 logger.error(
-                    "dead-lettered event %s for %s after %d attempt(s): %s", delivery.event_id,
-                    delivery.destination, delivery.attempts, describe(error),
-                    extra={"action": "event_dead_lettered", "event_id": str(delivery.event_id),
-                           "destination": delivery.destination},
+                    "dead-lettered event %s for %s after %d attempt(s): %s",
+                    delivery.event_id,
+                    delivery.destination,
+                    delivery.attempts,
+                    describe(error),
+                    extra={
+                        "action": "event_dead_lettered",
+                        "event_id": str(delivery.event_id),
+                        "destination": delivery.destination,
+                    },
                 )
             else:
                 delay = outbox.retry.delay(delivery.attempts)
                 retries.append(Retry(delivery.id, now + timedelta(seconds=delay), describe(error)))
                 logger.warning(
                     "delivery of event %s to %s failed (attempt %d), retrying in %.1f s: %s",
-                    delivery.event_id, delivery.destination, delivery.attempts, delay,
+                    delivery.event_id,
+                    delivery.destination,
+                    delivery.attempts,
+                    delay,
                     describe(error),
-                    extra={"action": "delivery_failed", "event_id": str(delivery.event_id),
-                           "destination": delivery.destination},
+                    extra={
+                        "action": "delivery_failed",
+                        "event_id": str(delivery.event_id),
+                        "destination": delivery.destination,
+                    },
                 )
-        await asyncio.shield(outbox.store.settle(
-            token, delivered=delivered, retries=retries, dead=dead, chained=chained, now=now,
-        ))
+        await asyncio.shield(
+            outbox.store.settle(
+                token,
+                delivered=delivered,
+                retries=retries,
+                dead=dead,
+                chained=chained,
+                now=now,
+            )
+        )
         if chained:
             self.wake()
         return DrainResult(len(delivered), len(retries), len(dead))

@@ -13,8 +13,16 @@ import sqlalchemy as sa
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
 
 CLAIMED_COLUMNS = (
-    "id", "event_id", "destination", "name", "payload", "key", "headers", "trace_context",
-    "created_at", "attempts",
+    "id",
+    "event_id",
+    "destination",
+    "name",
+    "payload",
+    "key",
+    "headers",
+    "trace_context",
+    "created_at",
+    "attempts",
 )
 
 
@@ -163,8 +171,17 @@ def dead_letters(
     ``:destination``, ``:name`` (a LIKE pattern) and ``:cutoff`` (dead-lettered before)."""
     t = table
     query = (
-        sa.select(t.c.id, t.c.event_id, t.c.destination, t.c.name, t.c.key, t.c.attempts,
-                  t.c.last_error, t.c.created_at, t.c.finished_at)
+        sa.select(
+            t.c.id,
+            t.c.event_id,
+            t.c.destination,
+            t.c.name,
+            t.c.key,
+            t.c.attempts,
+            t.c.last_error,
+            t.c.created_at,
+            t.c.finished_at,
+        )
         .where(t.c.state == DEAD)
         .where(t.c.id > sa.bindparam("after_id"))
         .order_by(t.c.id)
@@ -185,16 +202,23 @@ def requeue(table: sa.Table, *, ids: bool, destination: bool) -> sa.Update:
     t = table
     chosen = sa.select(t.c.id).where(t.c.state == DEAD)
     if ids:
-        chosen = chosen.where(t.c.id.in_(sa.bindparam("ids", expanding=True)) |
-                              t.c.event_id.in_(sa.bindparam("event_ids", expanding=True)))
+        chosen = chosen.where(
+            t.c.id.in_(sa.bindparam("ids", expanding=True))
+            | t.c.event_id.in_(sa.bindparam("event_ids", expanding=True))
+        )
     if destination:
         chosen = chosen.where(t.c.destination == sa.bindparam("destination"))
     chosen = chosen.order_by(t.c.id).limit(sa.bindparam("limit"))
     return (
         sa.update(t)
         .where(t.c.id.in_(chosen.scalar_subquery()))
-        .values(state=PENDING, attempts=0, available_at=sa.bindparam("now"), finished_at=None,
-                lease_token=None)
+        .values(
+            state=PENDING,
+            attempts=0,
+            available_at=sa.bindparam("now"),
+            finished_at=None,
+            lease_token=None,
+        )
     )
 
 

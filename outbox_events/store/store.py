@@ -71,8 +71,9 @@ def translated_errors(action: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StoreError(f"could not {action}: {type(exc.__cause__ or exc).__name__}: "
-                         f"{_first_line(exc)}") from exc
+        raise StoreError(
+            f"could not {action}: {type(exc.__cause__ or exc).__name__}: {_first_line(exc)}"
+        ) from exc
     except (OSError, UnicodeError) as exc:
         raise StoreError(f"could not {action}: {exc}") from exc
 
@@ -125,8 +126,13 @@ class OutboxStore:
             async with self.engine.begin() as connection:
                 result = await connection.execute(
                     self._claim,
-                    {"now": now, "destinations": list(destinations), "limit": limit,
-                     "token": token, "lease_until": lease_until},
+                    {
+                        "now": now,
+                        "destinations": list(destinations),
+                        "limit": limit,
+                        "token": token,
+                        "lease_until": lease_until,
+                    },
                 )
                 deliveries = [ClaimedDelivery(*row) for row in result]
         deliveries.sort(key=lambda delivery: delivery.id)
@@ -152,8 +158,12 @@ class OutboxStore:
                         self._complete, {"ids": list(delivered), "token": token, "now": now}
                     )
                     settled = set(result.scalars())
-                    new_rows = [row for row_id, rows in (chained or {}).items()
-                                if row_id in settled for row in rows]
+                    new_rows = [
+                        row
+                        for row_id, rows in (chained or {}).items()
+                        if row_id in settled
+                        for row in rows
+                    ]
                     if new_rows:
                         await connection.execute(self._insert, new_rows)
                         if self._notify is not None:
@@ -161,14 +171,23 @@ class OutboxStore:
                 if retries:
                     await connection.execute(
                         self._reschedule,
-                        [{"b_id": r.id, "b_token": token, "b_available_at": r.available_at,
-                          "b_error": r.error} for r in retries],
+                        [
+                            {
+                                "b_id": r.id,
+                                "b_token": token,
+                                "b_available_at": r.available_at,
+                                "b_error": r.error,
+                            }
+                            for r in retries
+                        ],
                     )
                 if dead:
                     await connection.execute(
                         self._dead_letter,
-                        [{"b_id": d.id, "b_token": token, "b_error": d.error, "b_now": now}
-                         for d in dead],
+                        [
+                            {"b_id": d.id, "b_token": token, "b_error": d.error, "b_now": now}
+                            for d in dead
+                        ],
                     )
 
     async def release(self, token: uuid.UUID, *, now: datetime) -> None:
@@ -194,10 +213,19 @@ class OutboxStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """A page of dead-lettered rows, oldest first (continue with ``after_id``)."""
-        query = queries.dead_letters(self.table, destination=destination is not None,
-                                     name=name is not None, older_than=dead_before is not None)
-        params = {"after_id": after_id, "limit": limit, "destination": destination,
-                  "name": name, "cutoff": dead_before}
+        query = queries.dead_letters(
+            self.table,
+            destination=destination is not None,
+            name=name is not None,
+            older_than=dead_before is not None,
+        )
+        params = {
+            "after_id": after_id,
+            "limit": limit,
+            "destination": destination,
+            "name": name,
+            "cutoff": dead_before,
+        }
         with translated_errors("list dead-lettered events"):
             async with self.engine.connect() as connection:
                 result = await connection.execute(query, params)
@@ -214,8 +242,9 @@ class OutboxStore:
     ) -> int:
         """Put dead rows back in line (all, some ids, or one destination's) in chunks of one
         transaction each; returns how many."""
-        query = queries.requeue(self.table, ids=ids is not None,
-                                destination=destination is not None)
+        query = queries.requeue(
+            self.table, ids=ids is not None, destination=destination is not None
+        )
         params: dict[str, Any] = {"now": now, "destination": destination, "limit": chunk}
         if ids is not None:
             params["ids"] = [i for i in ids if isinstance(i, int)]
@@ -233,11 +262,13 @@ class OutboxStore:
         """Delete rows in ``states`` that finished before ``finished_before``, in chunks of
         one transaction each; returns how many."""
         params = {"states": list(states), "cutoff": finished_before, "limit": chunk}
-        return await self._in_chunks("purge events", queries.purge(self.table), params,
-                                     on_progress)
+        return await self._in_chunks("purge events", queries.purge(self.table), params, on_progress)
 
     async def _in_chunks(
-        self, action: str, statement: sa.Executable, params: dict[str, Any],
+        self,
+        action: str,
+        statement: sa.Executable,
+        params: dict[str, Any],
         on_progress: Callable[[int], None] | None,
     ) -> int:
         total = 0

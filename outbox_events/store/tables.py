@@ -60,8 +60,12 @@ def outbox_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Tab
     table = sa.Table(
         name,
         sa.MetaData(schema=schema),
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("destination", sa.String(255), nullable=False),
         sa.Column("name", sa.String(255), nullable=False),
@@ -80,11 +84,17 @@ def outbox_table(name: str = DEFAULT_TABLE, schema: str | None = None) -> sa.Tab
     )
     pending = table.c.state == PENDING
     sa.Index(
-        f"{name}_claim_idx", table.c.available_at, table.c.id,
-        postgresql_where=pending, sqlite_where=pending,
+        f"{name}_claim_idx",
+        table.c.available_at,
+        table.c.id,
+        postgresql_where=pending,
+        sqlite_where=pending,
     )
     sa.Index(
-        f"{name}_ordering_idx", table.c.destination, table.c.key, table.c.id,
+        f"{name}_ordering_idx",
+        table.c.destination,
+        table.c.key,
+        table.c.id,
         postgresql_where=pending & table.c.key.isnot(None),
         sqlite_where=pending & table.c.key.isnot(None),
     )

@@ -18,10 +18,12 @@ handlers = LocalHandler()
 @handlers.register(event_name="*", name="recorder")
 def record(event: Event) -> None:
     with open(os.environ["ACCEPTANCE_RECEIVED"], "a", encoding="utf-8") as file:
-        file.write(json.dumps({"id": str(event.id), "name": event.name,
-                               "payload": event.payload}) + "\n")
+        file.write(
+            json.dumps({"id": str(event.id), "name": event.name, "payload": event.payload}) + "\n"
+        )
 
 
-outbox = Outbox(os.environ["ACCEPTANCE_DATABASE_URL"], handlers=[handlers], relay="external",
-                retention=3600)
+outbox = Outbox(
+    os.environ["ACCEPTANCE_DATABASE_URL"], handlers=[handlers], relay="external", retention=3600
+)
 not_an_outbox = 42

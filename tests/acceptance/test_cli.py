@@ -22,7 +22,11 @@ RELAY = str(Path(sys.executable).with_name("outbox-relay"))
 
 def relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [RELAY, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [RELAY, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
 
@@ -56,8 +60,14 @@ async def test_run_until_idle_delivers_what_the_web_app_committed(
     assert sorted(line["id"] for line in lines) == sorted(ids)
     status = relay("status", "tests.acceptance.relay_app:outbox", "--json", env=env)
     assert json.loads(status.stdout) == [
-        {"destination": "recorder", "pending": 0, "in_flight": 0, "dead": 0, "delivered": 5,
-         "oldest_pending_age_s": None}
+        {
+            "destination": "recorder",
+            "pending": 0,
+            "in_flight": 0,
+            "dead": 0,
+            "delivered": 5,
+            "oldest_pending_age_s": None,
+        }
     ]
 
 
@@ -71,8 +81,11 @@ async def test_run_until_idle_delivers_what_the_web_app_committed(
     ],
 )
 def test_run_rejects_a_bad_app_reference_clearly(target: str, message: str) -> None:
-    result = relay("run", target, env={"ACCEPTANCE_DATABASE_URL": "sqlite+aiosqlite://",
-                                       "ACCEPTANCE_RECEIVED": os.devnull})
+    result = relay(
+        "run",
+        target,
+        env={"ACCEPTANCE_DATABASE_URL": "sqlite+aiosqlite://", "ACCEPTANCE_RECEIVED": os.devnull},
+    )
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -95,9 +108,9 @@ def test_database_passwords_never_appear_in_output() -> None:
 
 
 def test_make_demo_shows_the_deliveries() -> None:
-    result = subprocess.run([sys.executable, "examples/demo.py"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "examples/demo.py"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "handler send_receipt got order.placed" in result.stdout
     assert "demo ok" in result.stdout
-

@@ -130,11 +130,9 @@ async def _row(outbox: Outbox, event_id: object, destination: str) -> dict[str, 
     table = outbox.store.table
     async with outbox.engine.connect() as connection:
         result = await connection.execute(
-            sa.select(table).where(table.c.event_id == event_id,
-                                   table.c.destination == destination)
+            sa.select(table).where(table.c.event_id == event_id, table.c.destination == destination)
         )
         return dict(result.one()._mapping)
-
 
 
 async def test_delivered_rows_are_deleted_unless_a_retention_is_set(
@@ -149,6 +147,7 @@ async def test_delivered_rows_are_deleted_unless_a_retention_is_set(
 
     assert (await outbox.drain()).delivered == 2
     async with outbox.engine.connect() as connection:
-        remaining = (await connection.execute(
-            sa.select(sa.func.count()).select_from(outbox.store.table))).scalar_one()
+        remaining = (
+            await connection.execute(sa.select(sa.func.count()).select_from(outbox.store.table))
+        ).scalar_one()
     assert remaining == 0, "delivered rows should be deleted when no retention is set"

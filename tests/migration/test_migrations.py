@@ -25,8 +25,10 @@ async def _drift(engine: AsyncEngine, table: sa.Table) -> list[object]:
     def compare(connection: sa.Connection) -> list[object]:
         context = MigrationContext.configure(
             connection,
-            opts={"include_name": lambda name, type_, _p: type_ != "table" or name == table.name,
-                  "compare_type": True},
+            opts={
+                "include_name": lambda name, type_, _p: type_ != "table" or name == table.name,
+                "compare_type": True,
+            },
         )
         return list(compare_metadata(context, table.metadata))
 
@@ -53,8 +55,11 @@ async def test_host_application_alembic_history_is_left_alone(empty_database_url
     await outbox.migrate()
     async with engine.connect() as connection:
         host = (await connection.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
-        ours = (await connection.execute(
-            sa.text(f"SELECT version_num FROM {version_table('outbox_events')}"))).all()
+        ours = (
+            await connection.execute(
+                sa.text(f"SELECT version_num FROM {version_table('outbox_events')}")
+            )
+        ).all()
     await engine.dispose()
     assert host == [("host_app_0042",)], "the host app's alembic_version was modified"
     assert len(ours) == 1
@@ -64,9 +69,21 @@ def test_plain_alembic_with_the_shipped_scripts_creates_the_table(
     empty_database_url: str,
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(script_location() / "alembic.ini"),
-         "-x", f"url={empty_database_url}", "upgrade", "head"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(script_location() / "alembic.ini"),
+            "-x",
+            f"url={empty_database_url}",
+            "upgrade",
+            "head",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
 
