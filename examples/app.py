@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +22,9 @@ from outbox_events.middleware import EventHandlerASGIMiddleware
 # The embedded default: a SQLite file and the relay inside this process. The Outbox's engine
 # (WAL, real transactions) serves the app's own sessions too.
 outbox = Outbox(
-    os.environ.get("DEMO_DATABASE_URL", "sqlite+aiosqlite:///demo.db"), handlers=[local_handler]
+    os.environ.get("DEMO_DATABASE_URL", "sqlite+aiosqlite:///demo.db"),
+    handlers=[local_handler],
+    retention=timedelta(hours=1),  # keep delivered rows an hour, to show them
 )
 engine = outbox.engine
 Session = async_sessionmaker(engine, expire_on_commit=False)

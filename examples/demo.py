@@ -61,13 +61,17 @@ async def main() -> int:
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)  # let anything that should not arrive show itself
 
-    counts = await example.outbox.store.counts()
+    status = await example.outbox.store.status(now=example.outbox.clock())
     server.should_exit = True
     await serving
 
     names = sorted(event.name for event in example.received)
     print("\ndelivered:", ", ".join(f"{e.name} {e.payload}" for e in example.received))
-    print("outbox rows:", {f"{d} [{s}]": n for (d, s), n in counts.items()})
+    for row in status:
+        print(
+            f"outbox rows for {row['destination']}: {row['delivered']} delivered, "
+            f"{row['pending']} pending, {row['dead']} dead"
+        )
     print("not sent: the events of the rolled-back and the failed request (never stored)")
     expected = ["order.pinged", "order.placed"]
     if names != expected or example.received[0].payload.get("total", 10) != 10:
