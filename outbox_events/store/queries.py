@@ -233,23 +233,3 @@ def purge(table: sa.Table) -> sa.Delete:
         .limit(sa.bindparam("limit"))
     )
     return sa.delete(t).where(t.c.id.in_(chosen.scalar_subquery()))
-
-
-def count_by_destination_and_state(table: sa.Table) -> sa.Select[str, str, int]:
-    """Row counts per (destination, state)."""
-    t = table
-    return (
-        sa.select(t.c.destination, t.c.state, sa.func.count())
-        .group_by(t.c.destination, t.c.state)
-        .order_by(t.c.destination, t.c.state)
-    )
-
-
-def rows_of_event(table: sa.Table) -> sa.Select[str, str, int, str | None]:
-    """Destination, state, attempts and last error of every row of the event ``:event_id``."""
-    t = table
-    return (
-        sa.select(t.c.destination, t.c.state, t.c.attempts, t.c.last_error)
-        .where(t.c.event_id == sa.bindparam("event_id"))
-        .order_by(t.c.destination)
-    )

@@ -282,12 +282,3 @@ class OutboxStore:
                     on_progress(total)
                 if done < params["limit"]:
                     return total
-
-    async def counts(self) -> dict[tuple[str, str], int]:
-        """Row counts per (destination, state)."""
-        with translated_errors("count outbox rows"):
-            async with self.engine.connect() as connection:
-                result = await connection.execute(
-                    queries.count_by_destination_and_state(self.table)
-                )
-                return {(dest, state): count for dest, state, count in result}
