@@ -294,10 +294,17 @@ class Outbox:
         await migrations.upgrade(self.engine, table=self.table_name, schema=self.schema)
 
     async def close(self) -> None:
-        """Stop the embedded relay, wait for pending writes and release the engine (if the
-        Outbox created it)."""
+        """Stop the embedded relay, wait for pending writes, close the handlers and release
+        the engine (if the Outbox created it)."""
         await self.relay.stop()
         await self.flush_detached_writes()
+        for handler in self._handlers:
+            try:
+                await handler.aclose()
+            except Exception:
+                logger.exception(
+                    "closing handler %r failed", handler, extra={"action": "handler_close_failed"}
+                )
         if self._owns_engine:
             await self.engine.dispose()
 

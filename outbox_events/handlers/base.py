@@ -67,6 +67,10 @@ class BaseEventHandler:
         """Deliver a batch of events; by default ``handle`` each one concurrently."""
         await asyncio.gather(*(self.handle(event) for event in events))
 
+    async def aclose(self) -> None:
+        """Release what the handler holds (clients, buffered messages); called once by
+        ``Outbox.close()``. The default does nothing."""
+
     def destinations(self) -> list[Destination]:
         """The destinations this handler stands for (one, unless it is a registry)."""
         cls = type(self)

@@ -1,0 +1,1 @@
+"""Servers the integration tests start: SQS (moto) and Pub/Sub (emulator or fake)."""
