@@ -67,5 +67,7 @@ elif config.attributes.get("connection") is not None:
 else:
     url = x_args.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
-        raise SystemExit("give the database URL: alembic -x url=postgresql+asyncpg://... upgrade head")
+        raise SystemExit(
+            "give the database URL: alembic -x url=postgresql+asyncpg://... upgrade head"
+        )
     asyncio.run(run_with_url(url))

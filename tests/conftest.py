@@ -121,6 +121,8 @@ def empty_database_url(database_url: str) -> str:
         async with engine.begin() as connection:
             await connection.execute(sa.text("DROP TABLE outbox_events"))
             await connection.execute(sa.text("DROP TABLE outbox_events_alembic_version"))
+            if engine.dialect.name == "postgresql":
+                await connection.execute(sa.text("DROP FUNCTION outbox_events_notify()"))
         await engine.dispose()
 
     run_sync(drop())

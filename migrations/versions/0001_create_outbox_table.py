@@ -22,8 +22,12 @@ SCHEMA = context.config.attributes["outbox_schema"]
 def upgrade() -> None:
     op.create_table(
         TABLE,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("destination", sa.String(255), nullable=False),
         sa.Column("name", sa.String(255), nullable=False),
@@ -43,13 +47,21 @@ def upgrade() -> None:
     )
     pending = sa.text("state = 'pending'")
     op.create_index(
-        f"{TABLE}_claim_idx", TABLE, ["available_at", "id"], schema=SCHEMA,
-        postgresql_where=pending, sqlite_where=pending,
+        f"{TABLE}_claim_idx",
+        TABLE,
+        ["available_at", "id"],
+        schema=SCHEMA,
+        postgresql_where=pending,
+        sqlite_where=pending,
     )
     keyed = sa.text("state = 'pending' AND key IS NOT NULL")
     op.create_index(
-        f"{TABLE}_ordering_idx", TABLE, ["destination", "key", "id"], schema=SCHEMA,
-        postgresql_where=keyed, sqlite_where=keyed,
+        f"{TABLE}_ordering_idx",
+        TABLE,
+        ["destination", "key", "id"],
+        schema=SCHEMA,
+        postgresql_where=keyed,
+        sqlite_where=keyed,
     )
 
 

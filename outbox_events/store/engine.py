@@ -42,7 +42,9 @@ def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
         sa.event.listen(engine.sync_engine, "connect", _sqlite_connect)
         sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    options.setdefault("pool_pre_ping", True)
+    # No pool_pre_ping: it costs a round trip per checkout; a connection that died with the
+    # server fails its statement once, SQLAlchemy then discards the pool, and callers retry
+    # (the relay backs off; a request answers 500 without losing anything).
     return create_async_engine(parsed, **options)
 
 

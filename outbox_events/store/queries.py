@@ -31,7 +31,17 @@ def insert_rows(table: sa.Table) -> sa.Insert:
     return sa.insert(table)
 
 
-def claim(table: sa.Table) -> sa.Update:
+def _any_of(column: sa.ColumnElement[Any], name: str, dialect: str) -> sa.ColumnElement[bool]:
+    """``column = ANY(:name)`` with one array parameter on PostgreSQL (no per-call rendering of
+    a parameter list); an expanding ``IN`` elsewhere."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
+
+
+def claim(table: sa.Table, dialect: str) -> sa.Update:
     """Lease up to ``:limit`` deliverable rows of ``:destinations`` and count the attempt.
 
     A row is deliverable when it is pending, its ``available_at`` has come (a live lease pushes
@@ -52,7 +62,7 @@ def claim(table: sa.Table) -> sa.Update:
         sa.select(t.c.id)
         .where(t.c.state == PENDING)
         .where(t.c.available_at <= sa.bindparam("now"))
-        .where(t.c.destination.in_(sa.bindparam("destinations", expanding=True)))
+        .where(_any_of(t.c.destination, "destinations", dialect))
         .where(~earlier_of_same_key_pending)
         .order_by(t.c.available_at, t.c.id)
         .limit(sa.bindparam("limit"))
@@ -70,25 +80,25 @@ def claim(table: sa.Table) -> sa.Update:
     )
 
 
-def complete(table: sa.Table) -> sa.Executable:
+def complete(table: sa.Table, dialect: str) -> sa.Executable:
     """Mark the rows ``:ids`` delivered, if the lease ``:token`` still holds them."""
     t = table
     return (
         sa.update(t)
-        .where(t.c.id.in_(sa.bindparam("ids", expanding=True)))
+        .where(_any_of(t.c.id, "ids", dialect))
         .where(t.c.lease_token == sa.bindparam("token"))
         .values(state=DELIVERED, finished_at=sa.bindparam("now"), lease_token=None)
         .returning(t.c.id)
     )
 
 
-def delete_completed(table: sa.Table) -> sa.Executable:
+def delete_completed(table: sa.Table, dialect: str) -> sa.Executable:
     """Delete the delivered rows ``:ids``, if the lease ``:token`` still holds them (the
     default: delivered rows are not kept)."""
     t = table
     return (
         sa.delete(t)
-        .where(t.c.id.in_(sa.bindparam("ids", expanding=True)))
+        .where(_any_of(t.c.id, "ids", dialect))
         .where(t.c.lease_token == sa.bindparam("token"))
         .returning(t.c.id)
     )
@@ -136,12 +146,6 @@ def release(table: sa.Table) -> sa.Update:
         .where(t.c.state == PENDING)
         .values(lease_token=None, available_at=sa.bindparam("now"), attempts=t.c.attempts - 1)
     )
-
-
-def notify() -> sa.Select[Any]:
-    """Wake the relays listening on ``:channel`` (PostgreSQL; sent when the transaction
-    commits, once per transaction however many events it holds)."""
-    return sa.select(sa.func.pg_notify(sa.bindparam("channel"), ""))
 
 
 def status(table: sa.Table) -> sa.Select[Any]:
@@ -197,8 +201,12 @@ def dead_letters(
 
 
 def requeue(table: sa.Table, *, ids: bool, destination: bool) -> sa.Update:
-    """Put up to ``:limit`` dead rows back in line, with fresh attempts; optionally only the
-    rows ``:ids`` (row ids or event ids) or those of ``:destination``."""
+    """Put up to ``:limit`` dead rows back in line at ``:now``, with fresh attempts; optionally
+    only the rows ``:ids`` / ``:event_ids`` or those of ``:b_destination``.
+
+    Parameter names must not be column names: an UPDATE takes a parameter named like a column
+    as a value for that column.
+    """
     t = table
     chosen = sa.select(t.c.id).where(t.c.state == DEAD)
     if ids:
@@ -207,7 +215,7 @@ def requeue(table: sa.Table, *, ids: bool, destination: bool) -> sa.Update:
             | t.c.event_id.in_(sa.bindparam("event_ids", expanding=True))
         )
     if destination:
-        chosen = chosen.where(t.c.destination == sa.bindparam("destination"))
+        chosen = chosen.where(t.c.destination == sa.bindparam("b_destination"))
     chosen = chosen.order_by(t.c.id).limit(sa.bindparam("limit"))
     return (
         sa.update(t)

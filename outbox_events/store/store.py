@@ -90,22 +90,30 @@ class OutboxStore:
         self.engine = engine
         self.table = table
         self._insert = queries.insert_rows(table)
-        self._claim = queries.claim(table)
+        dialect = engine.dialect.name
+        self._claim = queries.claim(table, dialect)
+        # PostgreSQL claims in one autocommitted statement: no BEGIN/COMMIT round trips.
+        # SQLite keeps explicit transactions (the engine emits BEGIN itself).
+        self._claim_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if dialect == "postgresql"
+            else engine
+        )
         self._complete = (
-            queries.complete(table) if keep_delivered else queries.delete_completed(table)
+            queries.complete(table, dialect)
+            if keep_delivered
+            else queries.delete_completed(table, dialect)
         )
         self._reschedule = queries.reschedule(table)
         self._dead_letter = queries.dead_letter(table)
         self._release = queries.release(table)
-        self._notify = queries.notify() if engine.dialect.name == "postgresql" else None
+        # A trigger (migration 0002) notifies this channel after every insert (PostgreSQL).
         self.channel = f"{table.schema}.{table.name}" if table.schema else table.name
 
     def write_in(self, connection: sa.Connection, rows: Sequence[Row]) -> None:
         """Insert ``rows`` in the caller's open transaction (a session's commit hook)."""
-        if rows:
-            connection.execute(self._insert, list(rows))
-            if self._notify is not None:
-                connection.execute(self._notify, {"channel": self.channel})
+        if rows:  # one row: a plain execute, cheaper than an executemany
+            connection.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
 
     async def write(self, rows: Sequence[Row]) -> None:
         """Insert ``rows`` in a transaction of their own."""
@@ -113,9 +121,7 @@ class OutboxStore:
             return
         with translated_errors("write events to the outbox"):
             async with self.engine.begin() as connection:
-                await connection.execute(self._insert, list(rows))
-                if self._notify is not None:
-                    await connection.execute(self._notify, {"channel": self.channel})
+                await connection.execute(self._insert, rows[0] if len(rows) == 1 else list(rows))
 
     async def claim(
         self, *, destinations: Sequence[str], limit: int, now: datetime, lease_until: datetime
@@ -123,7 +129,7 @@ class OutboxStore:
         """Lease up to ``limit`` deliverable rows of ``destinations``, oldest first."""
         token = uuid.uuid4()
         with translated_errors("claim events"):
-            async with self.engine.begin() as connection:
+            async with self._claim_engine.begin() as connection:
                 result = await connection.execute(
                     self._claim,
                     {
@@ -166,8 +172,6 @@ class OutboxStore:
                     ]
                     if new_rows:
                         await connection.execute(self._insert, new_rows)
-                        if self._notify is not None:
-                            await connection.execute(self._notify, {"channel": self.channel})
                 if retries:
                     await connection.execute(
                         self._reschedule,
@@ -245,7 +249,9 @@ class OutboxStore:
         query = queries.requeue(
             self.table, ids=ids is not None, destination=destination is not None
         )
-        params: dict[str, Any] = {"now": now, "destination": destination, "limit": chunk}
+        params: dict[str, Any] = {"now": now, "limit": chunk}
+        if destination is not None:
+            params["b_destination"] = destination
         if ids is not None:
             params["ids"] = [i for i in ids if isinstance(i, int)]
             params["event_ids"] = [i for i in ids if isinstance(i, uuid.UUID)]
