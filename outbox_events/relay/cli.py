@@ -15,8 +15,10 @@ import os
 import re
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -33,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=36525)  # a hundred years: any cutoff before it is still a date
+MAX_ROW_ID = 2**63 - 1  # the table's bigint
 
 
 def parse_duration(
@@ -46,7 +50,10 @@ def parse_duration(
         raise click.BadParameter(
             f"{value!r} is not a duration such as 90s, 15m, 12h or 7d", param=param
         )
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds > MAX_DURATION.total_seconds():
+        raise click.BadParameter(f"{value!r} is longer than 100 years", param=param)
+    return timedelta(seconds=seconds)
 
 
 def load_outbox(target: str) -> Outbox:
@@ -54,7 +61,9 @@ def load_outbox(target: str) -> Outbox:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter(f"expected MODULE:ATTR, got {target!r}", param_hint="APP")
-    if os.getcwd() not in sys.path:
+    # The current directory comes first (as with uvicorn), so that the app's modules win over
+    # installed packages of the same name (an editable install puts it after site-packages).
+    if sys.path[:1] != [os.getcwd()]:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
@@ -143,12 +152,14 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
-    text = str(value)
+    text = " ".join(str(value).split())  # multi-line errors stay on their row
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, uuid.UUID)):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(type(value).__name__)
 
@@ -253,17 +264,9 @@ def run(
     )
 
     async def work(o: Outbox) -> None:
-        if until_idle:
-            result = await o.drain()
-            logger.info(
-                "idle: delivered %d, retrying %d, dead-lettered %d",
-                result.delivered,
-                result.retried,
-                result.dead_lettered,
-                extra={"action": "relay_idle"},
-            )
-            return
-        running = asyncio.ensure_future(relay.run())
+        # Cancelling run() or drain() is the relay's graceful stop: claiming stops, the
+        # batches in flight get the shutdown timeout to finish, then are released.
+        running = asyncio.ensure_future(o.drain() if until_idle else relay.run())
         loop = asyncio.get_running_loop()
         stopping = False
 
@@ -283,10 +286,76 @@ def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop, signum)
         with contextlib.suppress(asyncio.CancelledError):
-            await running
-        logger.info("relay stopped", extra={"action": "relay_stopped"})
+            result = await running
+            if result is not None:
+                logger.info(
+                    "idle: delivered %d, retrying %d, dead-lettered %d",
+                    result.delivered,
+                    result.retried,
+                    result.dead_lettered,
+                    extra={"action": "relay_idle"},
+                )
+        if stopping:
+            logger.info("relay stopped", extra={"action": "relay_stopped"})
 
-    _run(outbox, work)
+    _run_relay(outbox, work)
+
+
+HANDLER_THREADS = "outbox-handler"  # name prefix of the threads that run sync handlers
+THREAD_GRACE = 1.0  # seconds handler threads get to end once the relay has stopped
+
+
+def _run_relay(outbox: Outbox, work: Callable[[Outbox], Awaitable[None]]) -> None:
+    """``_run`` for the relay: a sync handler stuck in its thread cannot keep the process
+    alive once the relay has stopped (its delivery was released, or will come back when its
+    lease runs out): the process exits without waiting for that thread."""
+    executor = ThreadPoolExecutor(thread_name_prefix=HANDLER_THREADS)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        error: BaseException | None = None
+        try:
+            await work(outbox)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await outbox.close()
+            stuck = await _stuck_threads(executor)
+            if stuck:
+                logger.warning(
+                    "%d handler thread(s) still running after the relay stopped; exiting "
+                    "without waiting for them",
+                    stuck,
+                    extra={"action": "handler_threads_abandoned"},
+                )
+                if error is not None:
+                    logger.error("%s", error)
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0 if error is None else 1)
+
+    try:
+        asyncio.run(main())
+    except OutboxError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _stuck_threads(executor: ThreadPoolExecutor) -> int:
+    """Shut the executor down; how many of its threads are still busy after THREAD_GRACE."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + THREAD_GRACE
+    while True:
+        busy = [
+            thread
+            for thread in threading.enumerate()
+            if thread.name.startswith(HANDLER_THREADS) and thread.is_alive()
+        ]
+        if not busy or loop.time() >= deadline:
+            return len(busy)
+        await asyncio.sleep(0.02)
 
 
 @main.command()
@@ -326,17 +395,24 @@ def dead_letter() -> None:
 )
 @click.option(
     "--older-than",
+    metavar="DURATION",
     callback=parse_duration,
-    help="Only dead-lettered more than this long ago (e.g. 2h, 7d).",
+    help="Only dead-lettered more than this long ago (e.g. 90s, 15m, 2h, 7d).",
 )
 @click.option(
     "--after-id",
-    type=click.IntRange(0),
+    type=click.IntRange(0, MAX_ROW_ID),
     default=0,
     show_default=True,
-    help="Page: rows after this row id.",
+    help="Page: rows after this row id (the 'more:' hint gives it).",
 )
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="Rows per page.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_dead(
     app: str | None,
@@ -350,7 +426,10 @@ def list_dead(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List dead-lettered deliveries, oldest first."""
+    """List dead-lettered deliveries, oldest first, a page at a time.
+
+    When more rows follow, stderr says which --after-id shows the next page.
+    """
     outbox = _outbox_from(app, database_url, table, schema)
     cutoff = outbox.clock() - older_than if older_than is not None else None
     rows = _run(
@@ -360,16 +439,18 @@ def list_dead(
             name=event_name,
             dead_before=cutoff,
             after_id=after_id,
-            limit=limit,
+            limit=limit + 1,  # one more tells whether another page follows
         ),
     )
+    more, rows = len(rows) > limit, rows[:limit]
     if as_json:
         click.echo(json.dumps(rows, default=_json_default))
-        return
-    _echo_table(
-        rows, ["id", "event_id", "destination", "name", "attempts", "finished_at", "last_error"]
-    )
-    if len(rows) == limit:
+    else:
+        _echo_table(
+            rows,
+            ["id", "event_id", "destination", "name", "attempts", "finished_at", "last_error"],
+        )
+    if more:
         click.echo(f"more: --after-id {rows[-1]['id']}", err=True)
 
 
@@ -410,8 +491,13 @@ def requeue(
 
 
 def _parse_id(value: str) -> int | uuid.UUID:
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        if 0 < int(value) <= MAX_ROW_ID:
+            return int(value)
+        raise click.BadParameter(
+            f"{value!r} is neither a row id nor an event id (row ids run from 1 to {MAX_ROW_ID})",
+            param_hint="--id",
+        )
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -446,9 +532,10 @@ def _purge(
 @outbox_argument
 @click.option(
     "--older-than",
+    metavar="DURATION",
     callback=parse_duration,
     required=True,
-    help="Delete dead deliveries dead-lettered more than this long ago.",
+    help="Delete dead deliveries dead-lettered more than this long ago (e.g. 7d).",
 )
 def purge_dead(
     app: str | None, database_url: str | None, table: str, schema: str | None, older_than: timedelta
@@ -461,9 +548,10 @@ def purge_dead(
 @outbox_argument
 @click.option(
     "--older-than",
+    metavar="DURATION",
     callback=parse_duration,
     required=True,
-    help="Delete rows that finished more than this long ago.",
+    help="Delete rows that finished more than this long ago (e.g. 90s, 15m, 2h, 7d).",
 )
 @click.option(
     "--state",
