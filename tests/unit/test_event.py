@@ -77,3 +77,9 @@ def test_an_event_equals_the_name_and_payload_tuple_fastapi_events_handed_out() 
     assert event == ("order.paid", {"id": 1})
     assert event != ("order.paid", {"id": 2})
     assert event != Event(name="order.paid", payload={"id": 1}, id=uuid.uuid4())
+
+
+def test_an_event_json_encodes_like_fastapi_events_tuple() -> None:
+    import json
+
+    assert json.loads(json.dumps(make_event())) == ["order.paid", {"order_id": 7}]
