@@ -9,9 +9,9 @@ import logging
 import uuid
 from collections import defaultdict
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from outbox_events.exceptions import StoreError
+from outbox_events.exceptions import OutboxError, StoreError
 from outbox_events.relay.delivery import Outcome, deliver, describe
 from outbox_events.store import notifications
 from outbox_events.store.store import ClaimedDelivery, DeadLetter, Retry, Row
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 STORE_RETRY_DELAY = 1.0  # seconds, doubled up to STORE_RETRY_MAX while the database is down
 STORE_RETRY_MAX = 30.0  # seconds
 STOP_TIMEOUT = 30.0  # seconds to finish in-flight batches when stopping
+RELEASE_TIMEOUT = 10.0  # seconds to record and release them after that, before abandoning them
 CONCURRENCY = 1  # batches in flight at once per relay
 PURGE_INTERVAL = 60.0  # seconds between purges of delivered rows past their retention
 
@@ -76,6 +77,10 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[DrainResult]] = set()
         self._stopped: asyncio.Event | None = None
+        self._stop_timeout: float | None = None  # stop(timeout=...) for the run being stopped
+        self._stop_sent: asyncio.Task[None] | None = None  # the task stop() has cancelled
+        self._deliveries: set[asyncio.Future[list[Outcome]]] = set()  # destination groups
+        self.listening = False  # a LISTEN connection is open (PostgreSQL)
 
     def configure(
         self,
@@ -106,10 +111,10 @@ class Relay:
     def start(self) -> None:
         """Run the loop as a task of the running event loop (idempotent)."""
         if self._task is None or self._task.done():
-            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(
                 self.run(), name="outbox-events-relay"
             )
+            self._task.add_done_callback(_retrieve_failure)
 
     @property
     def running(self) -> bool:
@@ -124,76 +129,145 @@ class Relay:
             self._stopped.set()
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop the task started by ``start()`` gracefully (see ``run``)."""
-        self.request_stop()
-        task, self._task = self._task, None
-        if task is not None:
-            await self._finish(task, self.shutdown_timeout if timeout is None else timeout)
+        """Stop the task started by ``start()`` gracefully: claiming stops, in-flight batches
+        get ``timeout`` (default ``shutdown_timeout``) seconds to finish, and what is still
+        unfinished then is released for another relay."""
+        task = self._task
+        if task is None:
+            return
+        if task is not self._stop_sent:  # a second stop() waits for the first one
+            self._stop_sent = task
+            self._stop_timeout = timeout
+            task.cancel()  # run() turns this into the graceful stop
+        await asyncio.wait({task})
+        if self._task is task:
+            self._task = None
 
     async def run(self) -> None:
         """Deliver until stopped. Cancelling this coroutine is a graceful stop: claiming
         stops, in-flight batches get ``shutdown_timeout`` seconds to finish, and what is still
-        unfinished then is released for another relay."""
-        self._stopping = False
+        unfinished then is released for another relay.
+
+        Raises:
+            OutboxError: a task of the relay (a delivery loop, the notification listener,
+                the retention purge) died; the others were stopped gracefully first.
+        """
         self._stopped = None
-        main = asyncio.ensure_future(self._main())
+        main = asyncio.create_task(self._main(), name="outbox-events-relay-main")
         try:
             await asyncio.shield(main)
         except asyncio.CancelledError:
-            self.request_stop()
-            await self._finish(main, self.shutdown_timeout)
+            if not main.done():
+                self.request_stop()
+                timeout, self._stop_timeout = self._stop_timeout, None
+                await self._finish(main, self.shutdown_timeout if timeout is None else timeout)
+                _retrieve_failure(main)
             raise
+        finally:
+            self._stopping = False
 
-    async def _finish(self, main: asyncio.Future[None], timeout: float) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(main), timeout)
+    async def _finish(self, running: asyncio.Future[Any], timeout: float) -> None:
+        """Wait for ``running`` to end once a stop was requested. Past ``timeout``, interrupt
+        the deliveries still running: their batches record what finished and release the
+        rest. Past ``RELEASE_TIMEOUT`` more (the database does not answer), abandon the
+        batches; their rows come back when their lease runs out."""
+        done, _ = await asyncio.wait({running}, timeout=timeout)
+        if done:
             return
-        except asyncio.TimeoutError:
-            logger.warning(
-                "in-flight deliveries did not finish within %.1f s; releasing them",
-                timeout,
-                extra={"action": "relay_stop_timeout"},
-            )
-        for batch in list(self._batches):
-            batch.cancel()  # each releases its unsettled rows
-        main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
+        logger.warning(
+            "in-flight deliveries did not finish within %.1f s; releasing them",
+            timeout,
+            extra={"action": "relay_stop_timeout"},
+        )
+        for delivery in list(self._deliveries):
+            delivery.cancel()
+        done, _ = await asyncio.wait({running}, timeout=RELEASE_TIMEOUT)
+        if done:
+            return
+        logger.error(
+            "could not release in-flight deliveries within %.1f s; they become claimable "
+            "again when their lease runs out",
+            RELEASE_TIMEOUT,
+            extra={"action": "relay_stop_abandoned"},
+        )
+        abandoned = [running, *self._batches]
+        for task in abandoned:
+            task.cancel()
+        await asyncio.wait(abandoned, timeout=RELEASE_TIMEOUT)  # a handler may ignore cancel
 
     async def _main(self) -> None:
-        side_tasks = []
+        """The delivery loops and the side tasks, watched: a task that dies stops the relay
+        (the loops finish their batches) and its error is raised."""
+        loops = [
+            asyncio.create_task(self._loop(), name=f"outbox-events-relay-loop-{number}")
+            for number in range(self.concurrency)
+        ]
+        side: list[asyncio.Task[None]] = []
         if notifications.supported(self.outbox.engine):
-            side_tasks.append(asyncio.ensure_future(self._listen()))
+            side.append(asyncio.create_task(self._listen(), name="outbox-events-listener"))
         if self.outbox.retention is not None:
-            side_tasks.append(asyncio.ensure_future(self._purge_delivered(self.outbox.retention)))
+            purge = self._purge_delivered(self.outbox.retention)
+            side.append(asyncio.create_task(purge, name="outbox-events-purge"))
+        failure: tuple[str, BaseException | None] | None = None
+        pending: set[asyncio.Task[None]] = {*loops, *side}
         try:
-            await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
+            while not all(loop.done() for loop in loops):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = None if task.cancelled() else task.exception()
+                    if error is None and (task in loops or self._stopping):
+                        continue  # a loop ends only when stopping; side tasks likewise
+                    name = task.get_name()
+                    logger.error(
+                        "relay task %s died (%s); stopping the relay",
+                        name,
+                        "ended" if error is None else describe(error),
+                        exc_info=error,
+                        extra={"action": "relay_task_died", "task": name},
+                    )
+                    failure = failure or (name, error)
+                    self.request_stop()
         finally:
-            for task in side_tasks:
-                task.cancel()
-            await asyncio.gather(*side_tasks, return_exceptions=True)
+            for task in [*loops, *side]:
+                task.cancel()  # only side tasks are still running, unless we were cancelled
+            await asyncio.gather(*loops, *side, return_exceptions=True)
+        if failure is not None:
+            name, error = failure
+            raise OutboxError(
+                f"the relay stopped because its task {name} died: "
+                f"{'it ended' if error is None else describe(error)}"
+            ) from error
 
     async def _loop(self) -> None:
         """Batches back to back while they come back full; then wait for the first of a
-        wake-up, the poll interval or stop. Database errors back off and retry."""
+        wake-up, the poll interval or stop. Errors back off and retry."""
         failures = 0
+        unavailable = False
         while not self._stopping:
             try:
                 result = await self.run_batch()
-            except StoreError as exc:
+            except Exception as exc:
                 failures += 1
                 delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
-                logger.warning(
-                    "database unavailable (%s); retrying in %.1f s",
-                    exc,
-                    delay,
-                    extra={"action": "store_unavailable"},
-                )
+                unavailable = isinstance(exc, StoreError)
+                if unavailable:
+                    logger.warning(
+                        "database unavailable (%s); retrying in %.1f s",
+                        exc,
+                        delay,
+                        extra={"action": "store_unavailable"},
+                    )
+                else:
+                    logger.exception(
+                        "a batch failed unexpectedly; retrying in %.1f s",
+                        delay,
+                        extra={"action": "batch_failed"},
+                    )
                 await self._idle(delay)
                 continue
-            if failures:
+            if unavailable:
                 logger.info("database reachable again", extra={"action": "store_available"})
-                failures = 0
+            failures, unavailable = 0, False
             if result.attempted < self.batch_size:
                 await self._idle(self.poll_interval)
 
@@ -206,24 +280,37 @@ class Relay:
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection open (reconnecting with backoff) and wake the loops on
-        each notification."""
+        each notification. Polling delivers while it is down, so a failure to listen is
+        retried, never fatal."""
         store = self.outbox.store
         failures = 0
+        interrupted = False
         while not self._stopping:
             try:
                 async with notifications.listening(store.engine, store.channel, self.wake) as lost:
-                    failures = 0
+                    if interrupted:
+                        logger.info(
+                            "listening for notifications again",
+                            extra={"action": "listener_available"},
+                        )
+                    failures, interrupted = 0, False
+                    self.listening = True
                     self.wake()  # catch up on what committed while we were not listening
-                    await lost
+                    try:
+                        await lost
+                    finally:
+                        self.listening = False
+                interrupted = True
                 logger.warning(
                     "notification connection lost; reconnecting", extra={"action": "listener_lost"}
                 )
-            except StoreError as exc:
+            except Exception as exc:  # StoreError, or a driver error notifications let through
                 failures += 1
+                interrupted = True
                 delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
                 logger.warning(
                     "cannot listen for notifications (%s); retrying in %.1f s",
-                    exc,
+                    exc if isinstance(exc, StoreError) else describe(exc),
                     delay,
                     extra={"action": "listener_unavailable"},
                 )
@@ -232,7 +319,11 @@ class Relay:
     async def _purge_delivered(self, retention: float) -> None:
         """Delete delivered rows older than the retention period, now and then."""
         while not self._stopping:
-            cutoff = self.outbox.clock() - timedelta(seconds=retention)
+            try:
+                cutoff = self.outbox.clock() - timedelta(seconds=retention)
+            except OverflowError:  # a retention longer than the calendar: nothing is that old
+                await self._idle_for_purge()
+                continue
             try:
                 purged = await self.outbox.store.purge(states=[DELIVERED], finished_before=cutoff)
             except StoreError as exc:
@@ -263,16 +354,23 @@ class Relay:
 
     async def drain(self) -> DrainResult:
         """Deliver everything deliverable now, including batches this process already claimed;
-        return the totals."""
+        return the totals. Cancelling it is a graceful stop, as for ``run()``: the batches in
+        flight get ``shutdown_timeout`` seconds to finish, then are released."""
         total = DrainResult()
-        while True:
-            result = await self.run_batch()
-            total.add(result)
-            if result.attempted == 0:
-                others = [task for task in self._batches if task is not asyncio.current_task()]
-                if not others:
-                    return total
-                await asyncio.wait(others)
+        try:
+            while True:
+                result = await self.run_batch()
+                total.add(result)
+                if result.attempted == 0:
+                    others = [task for task in self._batches if task is not asyncio.current_task()]
+                    if not others:
+                        return total
+                    await asyncio.wait(others)
+        except asyncio.CancelledError:
+            if self._batches:
+                everything = asyncio.ensure_future(asyncio.wait(list(self._batches)))
+                await self._finish(everything, self.shutdown_timeout)
+            raise
 
     async def run_batch(self) -> DrainResult:
         """Claim one batch, deliver it and record the outcome."""
@@ -298,28 +396,55 @@ class Relay:
         by_destination: defaultdict[str, list[ClaimedDelivery]] = defaultdict(list)
         for delivery in claim.deliveries:
             by_destination[delivery.destination].append(delivery)
+        # One task per destination, so that a stop past the shutdown timeout can interrupt
+        # the destinations still delivering and record what the others finished.
+        groups = {
+            asyncio.ensure_future(deliver(outbox, destinations[name], deliveries)): deliveries
+            for name, deliveries in by_destination.items()
+        }
+        self._deliveries.update(groups)
         try:
-            groups = await asyncio.gather(
-                *(
-                    deliver(outbox, destinations[name], deliveries)
-                    for name, deliveries in by_destination.items()
-                )
-            )
-        except asyncio.CancelledError:
-            await asyncio.shield(outbox.store.release(claim.token, now=outbox.clock()))
+            await asyncio.wait(groups)
+        except asyncio.CancelledError:  # abandoned: nothing is recorded, the lease runs out
+            for group in groups:
+                group.cancel()
             raise
-        return await self._settle(claim.token, [o for group in groups for o in group])
+        finally:
+            self._deliveries.difference_update(groups)
+        outcomes: list[Outcome] = []
+        interrupted = False
+        for group, deliveries in groups.items():
+            if group.cancelled():
+                interrupted = True
+            elif (error := group.exception()) is not None:
+                logger.error(
+                    "delivering to %s failed unexpectedly",
+                    deliveries[0].destination,
+                    exc_info=error,
+                    extra={"action": "delivery_crashed", "destination": deliveries[0].destination},
+                )
+                outcomes.extend(Outcome(delivery, error) for delivery in deliveries)
+            else:
+                outcomes.extend(group.result())
+        result = await self._settle(claim.token, outcomes)
+        if interrupted:
+            await asyncio.shield(outbox.store.release(claim.token, now=outbox.clock()))
+        return result
 
     async def _settle(self, token: uuid.UUID, outcomes: list[Outcome]) -> DrainResult:
+        if not outcomes:
+            return DrainResult()
         outbox = self.outbox
         now = outbox.clock()
         delivered: list[int] = []
         retries: list[Retry] = []
         dead: list[DeadLetter] = []
         chained: dict[int, list[Row]] = {}
+        unblocked = False  # a keyed row finished: the next event of its key may go now
         for outcome in outcomes:
             delivery, error = outcome.delivery, outcome.error
             if error is None:
+                unblocked = unblocked or delivery.key is not None
                 delivered.append(delivery.id)
                 if outcome.chained:
                     chained[delivery.id] = outbox.rows_for(outcome.chained)
@@ -334,6 +459,7 @@ class Relay:
                     },
                 )
             elif outcome.permanent or outbox.retry.gives_up_after(delivery.attempts):
+                unblocked = unblocked or delivery.key is not None
                 dead.append(DeadLetter(delivery.id, describe(error)))
                 logger.error(
                     "dead-lettered event %s for %s after %d attempt(s): %s",
@@ -373,6 +499,12 @@ class Relay:
                 now=now,
             )
         )
-        if chained:
-            self.wake()
+        if chained or unblocked:
+            self.wake()  # claim again at once instead of waiting for the poll interval
         return DrainResult(len(delivered), len(retries), len(dead))
+
+
+def _retrieve_failure(task: asyncio.Future[Any]) -> None:
+    """Mark a relay task's error as seen: it was logged when the task died."""
+    if not task.cancelled():
+        task.exception()
