@@ -31,6 +31,7 @@ RelayMode = Literal["embedded", "external"]
 MAX_PAYLOAD_SIZE = 256 * 1024  # bytes of serialised JSON per event
 BATCH_SIZE = 100  # deliveries claimed per round trip
 POLL_INTERVAL = 1.0  # seconds between polls when nothing wakes the relay
+MAX_RETENTION = 10 * 365 * 86400.0  # seconds
 LEASE = 30.0  # seconds a claim holds its rows before another relay may take them
 
 
@@ -38,8 +39,11 @@ def _seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds < 0:
-        raise ConfigurationError(f"retention must not be negative, got {value!r}")
+    if not 0 <= seconds <= MAX_RETENTION:
+        raise ConfigurationError(
+            f"retention must be between 0 and {MAX_RETENTION:.0f} seconds (ten years), "
+            f"got {value!r}"
+        )
     return seconds
 
 

@@ -27,6 +27,7 @@ STORE_RETRY_MAX = 30.0  # seconds
 STOP_TIMEOUT = 30.0  # seconds to finish in-flight batches when stopping
 RELEASE_TIMEOUT = 10.0  # seconds to record and release them after that, before abandoning them
 CONCURRENCY = 1  # batches in flight at once per relay
+RETRY_WAKE_MARGIN = 0.005  # seconds after a retry falls due that the relay looks for it
 PURGE_INTERVAL = 60.0  # seconds between purges of delivered rows past their retention
 
 
@@ -81,6 +82,7 @@ class Relay:
         self._stop_sent: asyncio.Task[None] | None = None  # the task stop() has cancelled
         self._deliveries: set[asyncio.Future[list[Outcome]]] = set()  # destination groups
         self.listening = False  # a LISTEN connection is open (PostgreSQL)
+        self._retry_due: float | None = None  # loop time the earliest scheduled retry is due
 
     def configure(
         self,
@@ -243,9 +245,13 @@ class Relay:
         wake-up, the poll interval or stop. Errors back off and retry."""
         failures = 0
         unavailable = False
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            started = loop.time()
             try:
                 result = await self.run_batch()
+                if self._retry_due is not None and self._retry_due <= started:
+                    self._retry_due = None  # this batch looked for the retry that fell due
             except Exception as exc:
                 failures += 1
                 delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
@@ -272,8 +278,12 @@ class Relay:
                 await self._idle(self.poll_interval)
 
     async def _idle(self, seconds: float) -> None:
+        """Wait for the first of a wake-up, ``seconds``, stop, or the moment the earliest
+        retry this relay scheduled falls due (the adaptive part of polling)."""
         if self._stopping:
             return
+        if self._retry_due is not None:
+            seconds = min(seconds, max(self._retry_due - asyncio.get_running_loop().time(), 0.0))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), seconds)
         self._wakeup.clear()
@@ -436,6 +446,7 @@ class Relay:
             return DrainResult()
         outbox = self.outbox
         now = outbox.clock()
+        loop_now = asyncio.get_running_loop().time()
         delivered: list[int] = []
         retries: list[Retry] = []
         dead: list[DeadLetter] = []
@@ -499,6 +510,13 @@ class Relay:
                 now=now,
             )
         )
+        if retries:  # the same instant as `now`, on the loop's clock, plus a little margin
+            due = (
+                loop_now
+                + RETRY_WAKE_MARGIN
+                + min((r.available_at - now).total_seconds() for r in retries)
+            )
+            self._retry_due = due if self._retry_due is None else min(self._retry_due, due)
         if chained or unblocked:
             self.wake()  # claim again at once instead of waiting for the poll interval
         return DrainResult(len(delivered), len(retries), len(dead))

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox_events.exceptions import StoreError
 from outbox_events.store.store import translated_errors
 
 
@@ -40,7 +41,10 @@ async def listening(
             driver = raw.driver_connection
             assert driver is not None
             driver.add_termination_listener(terminated)
-            await driver.add_listener(channel, notified)
+            try:
+                await driver.add_listener(channel, notified)
+            except Exception as exc:  # the driver's own errors: SQLAlchemy is not in between
+                raise StoreError(f"could not listen for notifications: {exc}") from exc
         yield lost
     finally:
         with contextlib.suppress(Exception):

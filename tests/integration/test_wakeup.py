@@ -93,3 +93,27 @@ async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         assert loop.time() < deadline, "the relay never started listening"
         await asyncio.sleep(0.01)
+
+
+async def test_the_relay_wakes_itself_for_a_retry_it_scheduled(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    class FailsOnce(Recorder):
+        async def handle(self, event: Event) -> None:
+            if event.attempt == 1:
+                raise RuntimeError("first attempt refused")
+            await super().handle(event)
+
+    from outbox_events import RetryPolicy
+
+    recorder = FailsOnce()
+    outbox = make_outbox(
+        handlers=[recorder], poll_interval=3600, retry=RetryPolicy(initial_delay=0.2)
+    )
+    outbox.relay.start()
+
+    async with outbox.unit_of_work():
+        event_id = dispatch("order.placed", {"n": 1})
+
+    await asyncio.wait_for(recorder.arrived.wait(), WAIT)  # no poll would come for an hour
+    assert [(event.id, event.attempt) for event in recorder.events] == [(event_id, 2)]
