@@ -109,8 +109,21 @@ class Outbox:
         self.table_name = table
         self.schema = schema
         self.retention = _seconds(retention)
+        relay_options = (
+            engines.relay_engine_options(database, engine_options or {})
+            if isinstance(database, str)
+            else None
+        )
+        self._relay_engine = (
+            engines.create_engine(database, **relay_options)
+            if isinstance(database, str) and relay_options is not None
+            else None
+        )
         self.store = OutboxStore(
-            self.engine, outbox_table(table, schema), keep_delivered=self.retention is not None
+            self.engine,
+            outbox_table(table, schema),
+            keep_delivered=self.retention is not None,
+            relay_engine=self._relay_engine,
         )
         self.retry = retry or RetryPolicy()
         self.relay_mode: RelayMode = relay
@@ -311,6 +324,8 @@ class Outbox:
                 )
         if self._owns_engine:
             await self.engine.dispose()
+        if self._relay_engine is not None:
+            await self._relay_engine.dispose()
 
     async def __aenter__(self) -> Outbox:
         return self

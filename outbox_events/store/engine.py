@@ -48,6 +48,24 @@ def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
     return create_async_engine(parsed, **options)
 
 
+def relay_engine_options(url: str | URL, options: dict[str, Any]) -> dict[str, Any] | None:
+    """Engine options for the relay's own PostgreSQL engine, or None to share the main one.
+
+    The relay's claims and settlements commit without waiting for the WAL flush
+    (``synchronous_commit=off``): if the server crashes, the last few of them may be lost,
+    which only makes those rows deliverable again (at-least-once), and a lost settlement takes
+    the events its handlers chained with it, so nothing forks. The app's event writes keep
+    the server's durable default.
+    """
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    connect_args = dict(options.get("connect_args", {}))
+    server_settings = dict(connect_args.get("server_settings", {}))
+    server_settings.setdefault("synchronous_commit", "off")
+    connect_args["server_settings"] = server_settings
+    return {**options, "connect_args": connect_args}
+
+
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # SQLAlchemy's recipe for real SQLite transactions: the driver's own transaction handling
     # starts them late and lets a released savepoint commit; BEGIN is emitted in _sqlite_begin.

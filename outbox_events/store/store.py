@@ -86,8 +86,18 @@ def _first_line(exc: BaseException) -> str:
 class OutboxStore:
     """Reads and writes the outbox table of one database."""
 
-    def __init__(self, engine: AsyncEngine, table: sa.Table, *, keep_delivered: bool) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: sa.Table,
+        *,
+        keep_delivered: bool,
+        relay_engine: AsyncEngine | None = None,
+    ) -> None:
         self.engine = engine
+        # Claims, settlements and releases may use an engine of their own (see
+        # ``engine.relay_engine_options``); everything else uses ``engine``.
+        self.relay_engine = relay_engine or engine
         self.table = table
         self._insert = queries.insert_rows(table)
         dialect = engine.dialect.name
@@ -95,9 +105,9 @@ class OutboxStore:
         # PostgreSQL claims in one autocommitted statement: no BEGIN/COMMIT round trips.
         # SQLite keeps explicit transactions (the engine emits BEGIN itself).
         self._claim_engine = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
+            self.relay_engine.execution_options(isolation_level="AUTOCOMMIT")
             if dialect == "postgresql"
-            else engine
+            else self.relay_engine
         )
         self._complete = (
             queries.complete(table, dialect)
@@ -158,7 +168,7 @@ class OutboxStore:
         newer claim are left alone, and so are the events their handlers dispatched
         (``chained``, by row id): those are written only with their row's success."""
         with translated_errors("record delivery results"):
-            async with self.engine.begin() as connection:
+            async with self.relay_engine.begin() as connection:
                 if delivered:
                     result = await connection.execute(
                         self._complete, {"ids": list(delivered), "token": token, "now": now}
@@ -197,7 +207,7 @@ class OutboxStore:
     async def release(self, token: uuid.UUID, *, now: datetime) -> None:
         """Make the unsettled rows of a claim claimable again, without counting the attempt."""
         with translated_errors("release claimed events"):
-            async with self.engine.begin() as connection:
+            async with self.relay_engine.begin() as connection:
                 await connection.execute(self._release, {"token": token, "now": now})
 
     async def status(self, *, now: datetime) -> list[dict[str, Any]]:
