@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 
 from outbox_events import Event, Outbox, RetryPolicy, dispatch
 from outbox_events.handlers.base import BaseEventHandler
 from outbox_events.handlers.local import LocalHandler
 from outbox_events.store.tables import DEAD, DELIVERED
-
-
-class FakeClock:
-    """A clock the test moves forward by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from tests.helpers import FakeClock
 
 
 async def test_each_matching_destination_receives_a_committed_event_once(

@@ -12,7 +12,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -33,24 +32,12 @@ from outbox_events.handlers.local import LocalHandler
 from outbox_events.handlers.null import NullHandler
 from outbox_events.relay.delivery import MAX_ERROR_LENGTH
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
+from tests.helpers import FakeClock
 
 RENDEZVOUS_TIMEOUT = 10.0  # seconds; only reached when deliveries are not concurrent
 RELAY_TIMEOUT = 10.0  # seconds to wait for the background relay before failing the test
 
 request_id: ContextVar[str] = ContextVar("request_id", default="unset")
-
-
-class FakeClock:
-    """A clock the test moves forward by hand, so that retries become due without waiting."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Topic(str, enum.Enum):

@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from outbox_events import (
 from outbox_events.handlers.gcp import GoogleCloudSimplePubSubHandler
 from outbox_events.retry import RetryPolicy
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
+from tests.helpers import FakeClock
 from tests.servers.pubsub import (
     PROJECT,
     STRICT_MAX_MESSAGE_SIZE,
@@ -50,19 +51,6 @@ TRACESTATE = "vendor=opaque"
 RELAY_TIMEOUT = 30.0  # seconds to wait for the background relay before failing the test
 RECONNECT_ROUNDS = 120  # drains tried while the client reconnects after an outage
 RECONNECT_PAUSE = 0.25  # seconds between those drains
-
-
-class FakeClock:
-    """A clock the test moves forward by hand, so that retries become due without waiting."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 async def dispatch_all(outbox: Outbox, *events: tuple[Any, ...]) -> list[uuid.UUID]:

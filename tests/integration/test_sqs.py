@@ -13,7 +13,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -36,23 +35,11 @@ from outbox_events import (
 from outbox_events.handlers import aws
 from outbox_events.handlers.aws import SQSForwardHandler
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
+from tests.helpers import FakeClock
 from tests.servers.sqs import MotoServer, SQSServer, sqs_server  # noqa: F401
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACESTATE = "vendor=opaque"
-
-
-class FakeClock:
-    """A clock the test moves forward by hand, so that retries become due without waiting."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def sqs_handler(server: SQSServer, queue_url: str, **options: Any) -> SQSForwardHandler:

@@ -33,6 +33,7 @@ from outbox_events import (
 from outbox_events.handlers.base import BaseEventHandler
 from outbox_events.registry.payload_schema import EventPayloadSchemaRegistry
 from outbox_events.registry.payload_schema import registry as global_registry
+from tests.helpers import FakeClock
 
 DISABLE_VARIABLES = ("OUTBOX_EVENTS_DISABLE_DISPATCH", "FASTAPI_EVENTS_DISABLE_DISPATCH")
 START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -47,19 +48,6 @@ class Recorder(BaseEventHandler):
 
     async def handle(self, event: Event) -> None:
         self.events.append(event)
-
-
-class FakeClock:
-    """A clock the test moves forward by hand."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
 
 
 @dataclasses.dataclass
@@ -100,7 +88,7 @@ def dispatch_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     """An Outbox over a fresh SQLite file (migrated here, in the test's own event loop), with
     one destination that records everything and a clock the test controls."""
-    recorder, clock = Recorder(), FakeClock()
+    recorder, clock = Recorder(), FakeClock(START)
     outbox = Outbox(
         f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}",
         handlers=[recorder],
