@@ -452,6 +452,7 @@ class Relay:
         dead: list[DeadLetter] = []
         chained: dict[int, list[Row]] = {}
         unblocked = False  # a keyed row finished: the next event of its key may go now
+        debug = logger.isEnabledFor(logging.DEBUG)
         for outcome in outcomes:
             delivery, error = outcome.delivery, outcome.error
             if error is None:
@@ -459,16 +460,17 @@ class Relay:
                 delivered.append(delivery.id)
                 if outcome.chained:
                     chained[delivery.id] = outbox.rows_for(outcome.chained)
-                logger.debug(
-                    "delivered event %s to %s",
-                    delivery.event_id,
-                    delivery.destination,
-                    extra={
-                        "action": "event_delivered",
-                        "event_id": str(delivery.event_id),
-                        "destination": delivery.destination,
-                    },
-                )
+                if debug:
+                    logger.debug(
+                        "delivered event %s to %s",
+                        delivery.event_id,
+                        delivery.destination,
+                        extra={
+                            "action": "event_delivered",
+                            "event_id": str(delivery.event_id),
+                            "destination": delivery.destination,
+                        },
+                    )
             elif outcome.permanent or outbox.retry.gives_up_after(delivery.attempts):
                 unblocked = unblocked or delivery.key is not None
                 dead.append(DeadLetter(delivery.id, describe(error)))

@@ -102,7 +102,8 @@ class OutboxStore:
         self._insert = queries.insert_rows(table)
         dialect = engine.dialect.name
         self._claim = queries.claim(table, dialect)
-        # PostgreSQL claims in one autocommitted statement: no BEGIN/COMMIT round trips.
+        # PostgreSQL claims (and settles that are a single statement) autocommitted: no
+        # BEGIN/COMMIT round trips.
         # SQLite keeps explicit transactions (the engine emits BEGIN itself).
         self._claim_engine = (
             self.relay_engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -168,6 +169,12 @@ class OutboxStore:
         newer claim are left alone, and so are the events their handlers dispatched
         (``chained``, by row id): those are written only with their row's success."""
         with translated_errors("record delivery results"):
+            if delivered and not (retries or dead or chained):  # the common case
+                async with self._claim_engine.begin() as connection:  # one statement
+                    await connection.execute(
+                        self._complete, {"ids": list(delivered), "token": token, "now": now}
+                    )
+                return
             async with self.relay_engine.begin() as connection:
                 if delivered:
                     result = await connection.execute(
