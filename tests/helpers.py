@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -19,3 +21,17 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def sampled_span() -> NonRecordingSpan:
+    """A sampled span with a trace state, to make as current where a test dispatches, so that
+    the event carries a known W3C trace context."""
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=TraceState([("vendor", "opaque")]),
+        )
+    )

@@ -14,6 +14,7 @@ Serializer = Callable[[Event], str]
 
 EVENT_ID_ATTRIBUTE = "event_id"
 EVENT_NAME_ATTRIBUTE = "event_name"
+EVENT_KEY_ATTRIBUTE = "event_key"
 TRACE_ATTRIBUTES = ("traceparent", "tracestate")
 
 
@@ -58,9 +59,11 @@ def serializer_for(serializer: Serializer | None, body_format: str) -> Serialize
 
 
 def event_attributes(event: Event) -> dict[str, str]:
-    """Attributes every broker message carries: the event id and name, and the W3C trace
-    context of the code that dispatched it."""
+    """Attributes every broker message carries: the event id and name, its ordering key (if
+    any), and the W3C trace context of the code that dispatched it."""
     attributes = {EVENT_ID_ATTRIBUTE: str(event.id), EVENT_NAME_ATTRIBUTE: event.name}
+    if event.key is not None:
+        attributes[EVENT_KEY_ATTRIBUTE] = event.key
     for name in TRACE_ATTRIBUTES:
         value = event.trace_context.get(name)
         if value:

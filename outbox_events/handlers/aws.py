@@ -38,7 +38,7 @@ MAX_MESSAGE_SIZE = 256 * 1024  # bytes of body and attributes per message and pe
 SQS_MAX_MESSAGE_SIZE = 1024 * 1024  # bytes; the largest message SQS accepts
 MAX_CONCURRENCY = 8  # boto3 calls in flight at once per handler
 
-KEY_ATTRIBUTE = "event_key"
+KEY_ATTRIBUTE = _format.EVENT_KEY_ATTRIBUTE
 HEADERS_ATTRIBUTE = "event_headers"  # all headers as one JSON object (SQS allows 10 attributes)
 
 # Codes (query-protocol and JSON-protocol spellings) that mean "try again later".
@@ -275,8 +275,6 @@ class SQSForwardHandler(BaseEventHandler):
         attributes (SQS allows 10 per message; this handler uses up to 6).
         """
         attributes = _format.event_attributes(event)
-        if event.key:
-            attributes[KEY_ATTRIBUTE] = event.key
         if event.headers:
             attributes[HEADERS_ATTRIBUTE] = json.dumps(
                 dict(event.headers), separators=(",", ":"), sort_keys=True

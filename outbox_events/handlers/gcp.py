@@ -40,7 +40,7 @@ MAX_ATTRIBUTE_KEY_SIZE = 256  # bytes (UTF-8): Pub/Sub's limit
 MAX_ATTRIBUTE_VALUE_SIZE = 1024  # bytes (UTF-8): Pub/Sub's limit
 MAX_ORDERING_KEY_SIZE = 1024  # bytes (UTF-8): Pub/Sub's limit
 PUBLISH_TIMEOUT = 20.0  # seconds one Publish request may take; keep it below the Outbox lease
-KEY_ATTRIBUTE = "event_key"  # the event's key, as on SQS (also the ordering key, if enabled)
+KEY_ATTRIBUTE = _format.EVENT_KEY_ATTRIBUTE
 HEADER_ATTRIBUTE_PREFIX = "header."  # dispatch(headers={"x": ...}) -> attribute "header.x"
 RESERVED_ATTRIBUTE_PREFIX = "goog"  # Pub/Sub rejects attribute keys starting with it
 EXTRA_HINT = "pip install 'outbox-events[pubsub]'"
@@ -285,8 +285,6 @@ class GoogleCloudSimplePubSubHandler(BaseEventHandler):
                 f"the serializer must return str or bytes, got {type(body).__name__}"
             )
         attributes = _format.event_attributes(event)
-        if event.key is not None:
-            attributes[KEY_ATTRIBUTE] = event.key
         for header, value in event.headers.items():
             attributes[HEADER_ATTRIBUTE_PREFIX + header] = value
         _check_attributes(attributes)

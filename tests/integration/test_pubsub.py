@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from outbox_events import (
     ConfigurationError,
@@ -33,7 +32,7 @@ from outbox_events import (
 from outbox_events.handlers.gcp import GoogleCloudSimplePubSubHandler
 from outbox_events.retry import RetryPolicy
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, sampled_span
 from tests.servers.pubsub import (
     PROJECT,
     STRICT_MAX_MESSAGE_SIZE,
@@ -124,15 +123,7 @@ async def test_events_arrive_with_fastapi_events_body_id_name_and_header_attribu
 async def test_trace_context_of_the_dispatching_code_travels_as_attributes(
     make_outbox: Callable[..., Outbox], pubsub: PubSubTopic
 ) -> None:
-    span = NonRecordingSpan(
-        SpanContext(
-            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
-            span_id=0xB7AD6B7169203331,
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            trace_state=TraceState([("vendor", "opaque")]),
-        )
-    )
+    span = sampled_span()
     outbox = make_outbox(handlers=[handler_for(pubsub)])
     async with outbox.unit_of_work():
         with trace.use_span(span):

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from outbox_events import (
     ConfigurationError,
@@ -35,7 +34,7 @@ from outbox_events import (
 from outbox_events.handlers import aws
 from outbox_events.handlers.aws import SQSForwardHandler
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, sampled_span
 from tests.servers.sqs import MotoServer, SQSServer, sqs_server  # noqa: F401
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -190,15 +189,7 @@ async def test_trace_context_of_the_dispatching_code_travels_as_attributes(
     sqs_server: SQSServer,  # noqa: F811
     standard_queue: str,
 ) -> None:
-    span = NonRecordingSpan(
-        SpanContext(
-            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
-            span_id=0xB7AD6B7169203331,
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            trace_state=TraceState([("vendor", "opaque")]),
-        )
-    )
+    span = sampled_span()
     outbox = make_outbox(handlers=[sqs_handler(sqs_server, standard_queue)])
     async with outbox.unit_of_work():
         with trace.use_span(span):
