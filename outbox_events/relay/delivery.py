@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -60,10 +61,12 @@ def to_event(delivery: ClaimedDelivery) -> Event:
     )
 
 
-def _decode_mapping(text: str | None, what: str) -> dict[str, str]:
+def _decode_mapping(text: str | None, what: str) -> dict[str, str] | None:
+    if text is None:
+        return None
     value = _json.decode(text)
     if value is None:
-        return {}
+        return None
     if not isinstance(value, dict):
         raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -85,8 +88,35 @@ async def deliver(
     if ready and destination.batched:
         await _deliver_batch(outbox, destination, ready)
     elif ready:
-        await asyncio.gather(*(_deliver_one(outbox, destination, o, e) for o, e in ready))
+        await _deliver_each(outbox, destination, collections.deque(ready))
     return outcomes
+
+
+async def _deliver_each(
+    outbox: Outbox, destination: Destination, waiting: collections.deque[tuple[Outcome, Event]]
+) -> None:
+    """Deliver ``waiting`` event by event, side by side as far as the handler waits.
+
+    A worker task delivers events one after the other. Each time the workers started so far
+    are all waiting (on I/O, a thread, a timer), another one starts on the next event. Handlers
+    that wait still overlap as if each event had a task of its own, while handlers that never
+    wait cost one task per batch instead of one per event.
+    """
+
+    async def worker() -> None:
+        while waiting:
+            outcome, event = waiting.popleft()
+            await _deliver_one(outbox, destination, outcome, event)
+
+    workers: list[asyncio.Task[None]] = []
+    try:
+        while waiting:
+            workers.append(asyncio.ensure_future(worker()))
+            await asyncio.sleep(0)  # the new worker runs until it waits or runs out of events
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()  # only those still running: this delivery itself was cancelled
 
 
 async def _deliver_one(

@@ -359,6 +359,24 @@ async def test_handle_only_subclass_gets_events_concurrently(
     assert result.delivered == count, "events without a key were not handled concurrently"
 
 
+async def test_sync_functions_of_one_batch_run_side_by_side(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    count = 3
+    barrier = threading.Barrier(count, timeout=RENDEZVOUS_TIMEOUT)
+    handlers = LocalHandler()
+
+    @handlers.register(event_name="tick")
+    def wait_for_the_others(event: Event) -> None:  # runs in a thread
+        barrier.wait()  # BrokenBarrierError unless all `count` calls are in progress at once
+
+    outbox = make_outbox(handlers=[handlers])
+    await dispatch_all(outbox, *[("tick", {"n": n}) for n in range(count)])
+    result = await outbox.drain()
+
+    assert result.delivered == count, "sync handler functions were not run side by side"
+
+
 async def test_handle_only_subclass_retries_just_the_event_that_failed(
     make_outbox: Callable[..., Outbox],
 ) -> None:
