@@ -245,13 +245,9 @@ class Relay:
         wake-up, the poll interval or stop. Errors back off and retry."""
         failures = 0
         unavailable = False
-        loop = asyncio.get_running_loop()
         while not self._stopping:
-            started = loop.time()
             try:
-                result = await self.run_batch()
-                if self._retry_due is not None and self._retry_due <= started:
-                    self._retry_due = None  # this batch looked for the retry that fell due
+                _, last_claimed = await self._back_to_back(stop_below=self.batch_size)
             except Exception as exc:
                 failures += 1
                 delay = min(STORE_RETRY_DELAY * 2 ** (failures - 1), STORE_RETRY_MAX)
@@ -274,7 +270,7 @@ class Relay:
             if unavailable:
                 logger.info("database reachable again", extra={"action": "store_available"})
             failures, unavailable = 0, False
-            if result.attempted < self.batch_size:
+            if last_claimed < self.batch_size:
                 await self._idle(self.poll_interval)
 
     async def _idle(self, seconds: float) -> None:
@@ -369,8 +365,10 @@ class Relay:
         total = DrainResult()
         try:
             while True:
-                result = await self.run_batch()
+                result = (await self._back_to_back(stop_below=1))[0]
                 total.add(result)
+                # Done when a claim made with no batch of ours in flight finds nothing: one made
+                # while a batch was delivering misses what that batch unblocks or chains.
                 if result.attempted == 0:
                     others = [task for task in self._batches if task is not asyncio.current_task()]
                     if not others:
@@ -384,23 +382,80 @@ class Relay:
 
     async def run_batch(self) -> DrainResult:
         """Claim one batch, deliver it and record the outcome."""
-        task = asyncio.ensure_future(self._run_batch())
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
-        return await asyncio.shield(task)
+        claimed, batch = self._start_batch()
+        await asyncio.shield(claimed)  # raises when the claim fails
+        return await asyncio.shield(batch)
 
-    async def _run_batch(self) -> DrainResult:
+    async def _back_to_back(self, *, stop_below: int) -> tuple[DrainResult, int]:
+        """Claim and deliver batches until a claim brings fewer than ``stop_below`` rows (or
+        the relay stops); return the totals, once every batch started here is settled, and
+        the number of rows the last claim brought.
+
+        While a batch is delivered the next one is already being claimed, so the database
+        works on the claim while this process delivers: at most two batches are in flight.
+        A failed claim or settle raises once the other batch in flight has finished.
+        """
+        total = DrainResult()
+        in_flight: list[asyncio.Task[DrainResult]] = []  # oldest first; at most two
+        count = 0
+        try:
+            while not self._stopping:
+                claimed, batch = self._start_batch()
+                in_flight.append(batch)
+                count = await asyncio.shield(claimed)
+                if len(in_flight) == 2:
+                    total.add(await asyncio.shield(in_flight.pop(0)))
+                if count < stop_below:
+                    break
+            while in_flight:
+                total.add(await asyncio.shield(in_flight.pop(0)))
+            return total, count
+        except Exception:
+            # Let the other batch in flight finish before the error backs the loop off.
+            for task in in_flight:
+                await asyncio.wait({task})
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    logger.warning(
+                        "a batch in flight failed too: %s",
+                        describe(error),
+                        extra={"action": "batch_failed"},
+                    )
+            raise
+
+    def _start_batch(self) -> tuple[asyncio.Future[int], asyncio.Task[DrainResult]]:
+        """Start claiming and delivering one batch in a task of its own; the future gives the
+        number of rows claimed as soon as the claim returns."""
+        claimed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        claimed.add_done_callback(_retrieve_failure)
+        batch = asyncio.ensure_future(self._run_batch(claimed))
+        self._batches.add(batch)
+        batch.add_done_callback(self._batches.discard)
+        return claimed, batch
+
+    async def _run_batch(self, claimed: asyncio.Future[int]) -> DrainResult:
         outbox = self.outbox
         destinations = outbox.destinations
         if not destinations:
+            claimed.set_result(0)
             return DrainResult()
+        started = asyncio.get_running_loop().time()
         now = outbox.clock()
-        claim = await outbox.store.claim(
-            destinations=list(destinations),
-            limit=self.batch_size,
-            now=now,
-            lease_until=now + self.lease,
-        )
+        try:
+            claim = await outbox.store.claim(
+                destinations=list(destinations),
+                limit=self.batch_size,
+                now=now,
+                lease_until=now + self.lease,
+            )
+        except asyncio.CancelledError:
+            claimed.cancel()
+            raise
+        except Exception as exc:  # raised by whoever waits for the claim
+            claimed.set_exception(exc)
+            return DrainResult()
+        claimed.set_result(len(claim.deliveries))
+        if self._retry_due is not None and self._retry_due <= started:
+            self._retry_due = None  # this claim looked for the retry that fell due
         if not claim.deliveries:
             return DrainResult()
         by_destination: defaultdict[str, list[ClaimedDelivery]] = defaultdict(list)
