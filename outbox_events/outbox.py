@@ -15,7 +15,7 @@ from outbox_events import session as session_hooks
 from outbox_events import unit_of_work
 from outbox_events.exceptions import ConfigurationError
 from outbox_events.handlers.base import BaseEventHandler, Destination
-from outbox_events.relay.worker import DrainResult, Relay
+from outbox_events.relay.worker import CONCURRENCY, DrainResult, Relay
 from outbox_events.retry import RetryPolicy
 from outbox_events.store import engine as engines
 from outbox_events.store import migrate as migrations
@@ -66,6 +66,8 @@ class Outbox:
             lifespan, or lazily on the first request); ``"external"`` only writes, for
             deployments that run ``outbox-relay run``.
         batch_size: Deliveries claimed per round trip.
+        concurrency: Batches in flight at once: while claims come back full, the relay claims
+            the next batch as soon as the last claim returns, up to this many.
         poll_interval: Seconds between polls when nothing wakes the relay.
         lease: Seconds a claim holds its rows; a relay that dies loses them after this.
         max_payload_size: Largest serialised payload accepted by ``dispatch()``, in bytes.
@@ -86,6 +88,7 @@ class Outbox:
         retry: RetryPolicy | None = None,
         relay: RelayMode = "embedded",
         batch_size: int = BATCH_SIZE,
+        concurrency: int = CONCURRENCY,
         poll_interval: float = POLL_INTERVAL,
         lease: float = LEASE,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
@@ -95,7 +98,11 @@ class Outbox:
     ) -> None:
         if relay not in ("embedded", "external"):
             raise ConfigurationError(f"relay must be 'embedded' or 'external', got {relay!r}")
-        for label, value in (("batch_size", batch_size), ("max_payload_size", max_payload_size)):
+        for label, value in (
+            ("batch_size", batch_size),
+            ("concurrency", concurrency),
+            ("max_payload_size", max_payload_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{label} must be a positive int, got {value!r}")
         if poll_interval <= 0 or lease <= 0:
@@ -134,7 +141,13 @@ class Outbox:
         self._routes: dict[str, tuple[str, ...]] = {}
         self._generation: tuple[int, ...] | None = None
         self._detached_writes: set[asyncio.Task[None]] = set()
-        self.relay = Relay(self, batch_size=batch_size, poll_interval=poll_interval, lease=lease)
+        self.relay = Relay(
+            self,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            poll_interval=poll_interval,
+            lease=lease,
+        )
         self.add_handlers(handlers)
 
     def __repr__(self) -> str:

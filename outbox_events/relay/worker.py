@@ -26,7 +26,7 @@ STORE_RETRY_DELAY = 1.0  # seconds, doubled up to STORE_RETRY_MAX while the data
 STORE_RETRY_MAX = 30.0  # seconds
 STOP_TIMEOUT = 30.0  # seconds to finish in-flight batches when stopping
 RELEASE_TIMEOUT = 10.0  # seconds to record and release them after that, before abandoning them
-CONCURRENCY = 1  # batches in flight at once per relay
+CONCURRENCY = 2  # batches in flight at once per relay, while claims come back full
 RETRY_WAKE_MARGIN = 0.005  # seconds after a retry falls due that the relay looks for it
 PURGE_INTERVAL = 60.0  # seconds between purges of delivered rows past their retention
 
@@ -53,8 +53,10 @@ class Relay:
     """Delivers the outbox's pending rows; runs as a task of the web process (embedded) or as
     the main loop of ``outbox-relay run``.
 
-    ``concurrency`` loops claim and deliver side by side, each one batch at a time; on
-    PostgreSQL a listener wakes them when events commit anywhere, and every loop also polls.
+    One loop claims batches and delivers each in a task of its own: while claims come back
+    full it claims the next batch at once, up to ``concurrency`` batches in flight; otherwise
+    it waits for a wake-up (on PostgreSQL a listener wakes it when events commit anywhere)
+    or the poll interval.
     """
 
     def __init__(
@@ -123,7 +125,7 @@ class Relay:
         return self._task is not None and not self._task.done()
 
     def request_stop(self) -> None:
-        """Stop claiming; the loops end after their current batch (idempotent; safe to call
+        """Stop claiming; the loop ends after its batches in flight (idempotent; safe to call
         from a signal handler)."""
         self._stopping = True
         self._wakeup.set()
@@ -198,12 +200,9 @@ class Relay:
         await asyncio.wait(abandoned, timeout=RELEASE_TIMEOUT)  # a handler may ignore cancel
 
     async def _main(self) -> None:
-        """The delivery loops and the side tasks, watched: a task that dies stops the relay
-        (the loops finish their batches) and its error is raised."""
-        loops = [
-            asyncio.create_task(self._loop(), name=f"outbox-events-relay-loop-{number}")
-            for number in range(self.concurrency)
-        ]
+        """The delivery loop and the side tasks, watched: a task that dies stops the relay
+        (the loop finishes its batches) and its error is raised."""
+        delivering = asyncio.create_task(self._loop(), name="outbox-events-relay-loop")
         side: list[asyncio.Task[None]] = []
         if notifications.supported(self.outbox.engine):
             side.append(asyncio.create_task(self._listen(), name="outbox-events-listener"))
@@ -211,14 +210,14 @@ class Relay:
             purge = self._purge_delivered(self.outbox.retention)
             side.append(asyncio.create_task(purge, name="outbox-events-purge"))
         failure: tuple[str, BaseException | None] | None = None
-        pending: set[asyncio.Task[None]] = {*loops, *side}
+        pending: set[asyncio.Task[None]] = {delivering, *side}
         try:
-            while not all(loop.done() for loop in loops):
+            while not delivering.done():
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     error = None if task.cancelled() else task.exception()
-                    if error is None and (task in loops or self._stopping):
-                        continue  # a loop ends only when stopping; side tasks likewise
+                    if error is None and (task is delivering or self._stopping):
+                        continue  # the loop ends only when stopping; side tasks likewise
                     name = task.get_name()
                     logger.error(
                         "relay task %s died (%s); stopping the relay",
@@ -230,9 +229,9 @@ class Relay:
                     failure = failure or (name, error)
                     self.request_stop()
         finally:
-            for task in [*loops, *side]:
+            for task in [delivering, *side]:
                 task.cancel()  # only side tasks are still running, unless we were cancelled
-            await asyncio.gather(*loops, *side, return_exceptions=True)
+            await asyncio.gather(delivering, *side, return_exceptions=True)
         if failure is not None:
             name, error = failure
             raise OutboxError(
@@ -285,7 +284,7 @@ class Relay:
         self._wakeup.clear()
 
     async def _listen(self) -> None:
-        """Keep a LISTEN connection open (reconnecting with backoff) and wake the loops on
+        """Keep a LISTEN connection open (reconnecting with backoff) and wake the loop on
         each notification. Polling delivers while it is down, so a failure to listen is
         retried, never fatal."""
         store = self.outbox.store
@@ -391,27 +390,28 @@ class Relay:
         the relay stops); return the totals, once every batch started here is settled, and
         the number of rows the last claim brought.
 
-        While a batch is delivered the next one is already being claimed, so the database
-        works on the claim while this process delivers: at most two batches are in flight.
-        A failed claim or settle raises once the other batch in flight has finished.
+        While claims come back full, the next batch is claimed as soon as the last claim
+        returns, up to ``concurrency`` batches in flight: the database works on a claim while
+        this process delivers. A failed claim or settle raises once the other batches in
+        flight have finished.
         """
         total = DrainResult()
-        in_flight: list[asyncio.Task[DrainResult]] = []  # oldest first; at most two
+        in_flight: list[asyncio.Task[DrainResult]] = []  # oldest first
         count = 0
         try:
             while not self._stopping:
                 claimed, batch = self._start_batch()
                 in_flight.append(batch)
                 count = await asyncio.shield(claimed)
-                if len(in_flight) == 2:
-                    total.add(await asyncio.shield(in_flight.pop(0)))
                 if count < stop_below:
                     break
+                if len(in_flight) >= self.concurrency:
+                    total.add(await asyncio.shield(in_flight.pop(0)))
             while in_flight:
                 total.add(await asyncio.shield(in_flight.pop(0)))
             return total, count
         except Exception:
-            # Let the other batch in flight finish before the error backs the loop off.
+            # Let the other batches in flight finish before the error backs the loop off.
             for task in in_flight:
                 await asyncio.wait({task})
                 if not task.cancelled() and (error := task.exception()) is not None:

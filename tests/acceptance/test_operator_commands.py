@@ -228,7 +228,7 @@ async def test_status_shows_a_delivery_in_flight_while_a_relay_holds_it(
         dispatch("report.ready", {"id": 1})
         dispatch("report.ready", {"id": 2}, key="same")
         dispatch("report.ready", {"id": 3}, key="same")  # waits behind id 2: not claimed yet
-    outbox.relay.configure(batch_size=1)
+    outbox.relay.configure(batch_size=1, concurrency=1)  # one row in flight at a time
     draining = asyncio.ensure_future(outbox.drain())
     await asyncio.wait_for(entered.wait(), 60)
     try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+
+import pytest
 
 from outbox_events import Event, Outbox, RetryPolicy, dispatch
 from outbox_events.handlers.base import BaseEventHandler
@@ -138,3 +141,55 @@ async def test_delivered_rows_are_deleted_unless_a_retention_is_set(
             await connection.execute(sa.select(sa.func.count()).select_from(outbox.store.table))
         ).scalar_one()
     assert remaining == 0, "delivered rows should be deleted when no retention is set"
+
+
+class _Gate(BaseEventHandler):
+    """Holds every delivery until opened; counts the deliveries waiting at the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(name="gate")
+        self.waiting = 0
+        self.opened = asyncio.Event()
+
+    async def handle(self, event: Event) -> None:
+        self.waiting += 1
+        await self.opened.wait()
+
+
+async def _leased(outbox: Outbox) -> int:
+    import sqlalchemy as sa
+
+    table = outbox.store.table
+    async with outbox.engine.connect() as connection:
+        result = await connection.execute(
+            sa.select(sa.func.count()).where(table.c.lease_token.isnot(None))
+        )
+        return int(result.scalar_one())
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_the_relay_keeps_at_most_concurrency_batches_in_flight(
+    make_outbox: Callable[..., Outbox], concurrency: int
+) -> None:
+    gate = _Gate()
+    outbox = make_outbox(handlers=[gate], batch_size=2, concurrency=concurrency)
+    async with outbox.unit_of_work():
+        for n in range(20):
+            dispatch("report.ready", {"n": n})
+
+    draining = asyncio.ensure_future(outbox.drain())
+    try:
+
+        async def batches_arrived() -> None:
+            while gate.waiting < 2 * concurrency:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(batches_arrived(), 30)
+        await asyncio.sleep(0.2)  # room for a claim too many to show up
+        in_flight = gate.waiting, await _leased(outbox)
+    finally:
+        gate.opened.set()
+        result = await draining
+
+    assert in_flight == (2 * concurrency, 2 * concurrency), "batches in flight != concurrency"
+    assert result.delivered == 20
