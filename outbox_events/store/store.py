@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox_events.exceptions import StoreError
-from outbox_events.store import queries
+from outbox_events.store import driver, queries
 
 Row = Mapping[str, Any]
 CHUNK = 1000  # rows per transaction in bulk operator commands
@@ -66,7 +66,9 @@ class Claim:
 
 
 @contextlib.contextmanager
-def translated_errors(action: str) -> Iterator[None]:
+def translated_errors(
+    action: str, driver_errors: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
     """Turn SQLAlchemy and driver errors into StoreError, with the cause attached."""
     try:
         yield
@@ -74,6 +76,8 @@ def translated_errors(action: str) -> Iterator[None]:
         raise StoreError(
             f"could not {action}: {type(exc.__cause__ or exc).__name__}: {_first_line(exc)}"
         ) from exc
+    except driver_errors as exc:  # raised by the driver directly (``driver.fetch``)
+        raise StoreError(f"could not {action}: {type(exc).__name__}: {_first_line(exc)}") from exc
     except (OSError, UnicodeError) as exc:
         raise StoreError(f"could not {action}: {exc}") from exc
 
@@ -115,6 +119,16 @@ class OutboxStore:
             if keep_delivered
             else queries.delete_completed(table, dialect)
         )
+        # PostgreSQL sends the claim and the settling delete or update through asyncpg
+        # directly (see ``driver``).
+        self._driver: tuple[driver.DriverStatement, driver.DriverStatement] | None = None
+        self._driver_errors: tuple[type[Exception], ...] = ()
+        if dialect == "postgresql":
+            self._driver = (
+                driver.DriverStatement(self._claim, engine.dialect),
+                driver.DriverStatement(self._complete, engine.dialect),
+            )
+            self._driver_errors = driver.errors()
         self._reschedule = queries.reschedule(table)
         self._dead_letter = queries.dead_letter(table)
         self._release = queries.release(table)
@@ -139,19 +153,21 @@ class OutboxStore:
     ) -> Claim:
         """Lease up to ``limit`` deliverable rows of ``destinations``, oldest first."""
         token = uuid.uuid4()
-        with translated_errors("claim events"):
-            async with self._claim_engine.begin() as connection:
-                result = await connection.execute(
-                    self._claim,
-                    {
-                        "now": now,
-                        "destinations": list(destinations),
-                        "limit": limit,
-                        "token": token,
-                        "lease_until": lease_until,
-                    },
-                )
-                deliveries = [ClaimedDelivery(*row) for row in result]
+        values = {
+            "now": now,
+            "destinations": list(destinations),
+            "limit": limit,
+            "token": token,
+            "lease_until": lease_until,
+        }
+        with translated_errors("claim events", self._driver_errors):
+            if self._driver is not None:
+                rows = await driver.fetch(self.relay_engine, self._driver[0], values)
+                deliveries = [ClaimedDelivery(*row) for row in rows]
+            else:
+                async with self._claim_engine.begin() as connection:
+                    result = await connection.execute(self._claim, values)
+                    deliveries = [ClaimedDelivery(*row) for row in result]
         deliveries.sort(key=lambda delivery: delivery.id)
         return Claim(token, deliveries)
 
@@ -168,12 +184,14 @@ class OutboxStore:
         """Record the outcome of a claim in one transaction. Rows whose lease was lost to a
         newer claim are left alone, and so are the events their handlers dispatched
         (``chained``, by row id): those are written only with their row's success."""
-        with translated_errors("record delivery results"):
+        with translated_errors("record delivery results", self._driver_errors):
             if delivered and not (retries or dead or chained):  # the common case
-                async with self._claim_engine.begin() as connection:  # one statement
-                    await connection.execute(
-                        self._complete, {"ids": list(delivered), "token": token, "now": now}
-                    )
+                values = {"ids": list(delivered), "token": token, "now": now}
+                if self._driver is not None:
+                    await driver.fetch(self.relay_engine, self._driver[1], values)
+                else:
+                    async with self._claim_engine.begin() as connection:  # one statement
+                        await connection.execute(self._complete, values)
                 return
             async with self.relay_engine.begin() as connection:
                 if delivered:

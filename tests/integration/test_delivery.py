@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -193,3 +194,21 @@ async def test_the_relay_keeps_at_most_concurrency_batches_in_flight(
 
     assert in_flight == (2 * concurrency, 2 * concurrency), "batches in flight != concurrency"
     assert result.delivered == 20
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_only_the_relays_own_connections_skip_the_wal_flush(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    import sqlalchemy as sa
+
+    outbox = make_outbox()
+
+    async def settings(engine: Any) -> tuple[str, str]:
+        async with engine.connect() as connection:
+            commit = (await connection.execute(sa.text("SHOW synchronous_commit"))).scalar_one()
+            plans = (await connection.execute(sa.text("SHOW plan_cache_mode"))).scalar_one()
+        return commit, plans
+
+    assert (await settings(outbox.engine))[0] == "on", "the app's event writes must be durable"
+    assert await settings(outbox.store.relay_engine) == ("off", "force_custom_plan")
