@@ -45,8 +45,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 # -- scratch databases ---------------------------------------------------------------------
 
 
-async def raw_connect(url: str) -> Any:
-    """A plain asyncpg connection to the database of a SQLAlchemy URL."""
+async def raw_connect(url: str, **options: Any) -> Any:
+    """A plain asyncpg connection to the database of a SQLAlchemy URL (``options`` go to
+    ``asyncpg.connect``)."""
     import asyncpg
 
     parsed = make_url(url)
@@ -56,6 +57,7 @@ async def raw_connect(url: str) -> Any:
         user=parsed.username,
         password=parsed.password,
         database=parsed.database,
+        **options,
     )
 
 
@@ -200,6 +202,11 @@ class CompiledStatement:
             else:
                 args.append(defaults[name])
         return sql, args
+
+
+# What the library's relay connections set (``store/engine.py: relay_engine_options``); the
+# hand-written baselines use the same, so that they compare code, not server settings.
+RELAY_SERVER_SETTINGS = {"synchronous_commit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
 def library_statements(keep_delivered: bool = False) -> dict[str, CompiledStatement]:

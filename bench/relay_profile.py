@@ -26,6 +26,7 @@ from typing import Any
 
 from _common import (
     NOOP_DESTINATION,
+    RELAY_SERVER_SETTINGS,
     Result,
     add_common_arguments,
     library_statements,
@@ -56,7 +57,7 @@ def counted(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[...,
 async def baseline(url: str, batch_size: int) -> None:
     statements = library_statements(keep_delivered=False)
     claim, complete = statements["claim"], statements["complete"]
-    connection = await raw_connect(url)
+    connection = await raw_connect(url, server_settings=RELAY_SERVER_SETTINGS)
     try:
         while True:
             now = datetime.now(timezone.utc)
@@ -69,15 +70,13 @@ async def baseline(url: str, batch_size: int) -> None:
                 token=token,
                 lease_until=now + LEASE,
             )
-            async with connection.transaction():
-                rows = await connection.fetch(sql, *args)
+            rows = await connection.fetch(sql, *args)
             claimed = time.process_time()
             cpu["baseline claim"] += claimed - started
             if not rows:
                 return
             sql, args = complete(ids=[row[0] for row in rows], token=token)
-            async with connection.transaction():
-                await connection.fetch(sql, *args)
+            await connection.fetch(sql, *args)
             cpu["baseline settle"] += time.process_time() - claimed
     finally:
         await connection.close()

@@ -2,7 +2,8 @@
 
 Baseline: a hand-written asyncpg loop running the library's own claim and delete-on-complete
 statements (compiled from ``outbox_events.store.queries`` exactly as SQLAlchemy sends them),
-one claim transaction and one settle transaction per batch, at the same batch size.
+each autocommitted, one claim and one delete per batch, at the same batch size, on a
+connection with the server settings the library's relay connections use.
 Candidate: ``await Outbox(...).drain()`` in this process (and, unless ``--no-cli``, the
 ``outbox-relay run --until-idle`` process, reported with and without its start-up time).
 Baseline and candidate alternate, each on the same freshly loaded table.
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 
 from _common import (
     NOOP_DESTINATION,
+    RELAY_SERVER_SETTINGS,
     Result,
     Timer,
     add_common_arguments,
@@ -59,7 +61,7 @@ async def baseline_loop(url: str, batch_size: int) -> int:
     statements = library_statements(keep_delivered=False)
     claim, complete = statements["claim"], statements["complete"]
     destinations = [NOOP_DESTINATION]
-    connection = await raw_connect(url)
+    connection = await raw_connect(url, server_settings=RELAY_SERVER_SETTINGS)
     delivered = 0
     try:
         while True:
@@ -72,15 +74,13 @@ async def baseline_loop(url: str, batch_size: int) -> int:
                 token=token,
                 lease_until=now + LEASE,
             )
-            async with connection.transaction():
-                rows = await connection.fetch(sql, *args)
+            rows = await connection.fetch(sql, *args)
             if not rows:
                 return delivered
             for row in rows:
                 noop(row)
             sql, args = complete(ids=[row[0] for row in rows], token=token)
-            async with connection.transaction():
-                await connection.fetch(sql, *args)
+            await connection.fetch(sql, *args)
             delivered += len(rows)
     finally:
         await connection.close()
