@@ -206,7 +206,7 @@ class CompiledStatement:
 
 # What the library's relay connections set (``store/engine.py: relay_engine_options``); the
 # hand-written baselines use the same, so that they compare code, not server settings.
-RELAY_SERVER_SETTINGS = {"synchronous_commit": "off", "plan_cache_mode": "force_custom_plan"}
+RELAY_SERVER_SETTINGS = {"synchronous_commit": "off"}
 
 
 def library_statements(keep_delivered: bool = False) -> dict[str, CompiledStatement]:

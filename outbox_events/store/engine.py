@@ -56,17 +56,12 @@ def relay_engine_options(url: str | URL, options: dict[str, Any]) -> dict[str, A
     which only makes those rows deliverable again (at-least-once), and a lost settlement takes
     the events its handlers chained with it, so nothing forks. The app's event writes keep
     the server's durable default.
-
-    They are also always planned for their actual values (``plan_cache_mode``): the claim is
-    a prepared statement, and the generic plan PostgreSQL may switch a prepared statement to
-    after five runs scans and sorts the whole pending set (measured 14x slower).
     """
     if make_url(url).get_backend_name() != "postgresql":
         return None
     connect_args = dict(options.get("connect_args", {}))
     server_settings = dict(connect_args.get("server_settings", {}))
     server_settings.setdefault("synchronous_commit", "off")
-    server_settings.setdefault("plan_cache_mode", "force_custom_plan")
     connect_args["server_settings"] = server_settings
     return {**options, "connect_args": connect_args}
 

@@ -41,13 +41,21 @@ def _any_of(column: sa.ColumnElement[Any], name: str, dialect: str) -> sa.Column
     return column.in_(sa.bindparam(name, expanding=True))
 
 
-def claim(table: sa.Table, dialect: str) -> sa.Update:
+# The state in the claim's WHERE is written into the SQL, not bound: only then can a plan made
+# without the parameter values (PostgreSQL's generic plan for a prepared statement, SQLite's
+# prepared statement) use the partial indexes, whose predicate is state = 'pending'.
+_PENDING: sa.ColumnElement[str] = sa.literal_column(f"'{PENDING}'")
+
+
+def claim(table: sa.Table, dialect: str, limit: int | None = None) -> sa.Update:
     """Lease up to ``:limit`` deliverable rows of ``:destinations`` and count the attempt.
 
     A row is deliverable when it is pending, its ``available_at`` has come (a live lease pushes
     it into the future) and no earlier row of the same destination and ordering key is still
     pending. ``FOR UPDATE SKIP LOCKED`` lets several relays claim side by side on PostgreSQL;
-    SQLite has a single writer and ignores it.
+    SQLite has a single writer and ignores it. A ``limit`` given here is written into the SQL
+    (one prepared statement per batch size), so that PostgreSQL's generic plan knows how few
+    rows it needs; otherwise it is the parameter ``:limit``.
     """
     t = table
     earlier = table.alias("earlier")
@@ -55,17 +63,17 @@ def claim(table: sa.Table, dialect: str) -> sa.Update:
         sa.exists()
         .where(earlier.c.destination == t.c.destination)
         .where(earlier.c.key == t.c.key)
-        .where(earlier.c.state == PENDING)
+        .where(earlier.c.state == _PENDING)
         .where(earlier.c.id < t.c.id)
     )
     candidates = (
         sa.select(t.c.id)
-        .where(t.c.state == PENDING)
+        .where(t.c.state == _PENDING)
         .where(t.c.available_at <= sa.bindparam("now"))
         .where(_any_of(t.c.destination, "destinations", dialect))
         .where(~earlier_of_same_key_pending)
         .order_by(t.c.available_at, t.c.id)
-        .limit(sa.bindparam("limit"))
+        .limit(sa.bindparam("limit") if limit is None else sa.literal_column(str(int(limit))))
         .with_for_update(skip_locked=True, of=t)
     )
     return (

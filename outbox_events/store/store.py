@@ -121,13 +121,12 @@ class OutboxStore:
         )
         # PostgreSQL sends the claim and the settling delete or update through asyncpg
         # directly (see ``driver``).
-        self._driver: tuple[driver.DriverStatement, driver.DriverStatement] | None = None
+        self._driver = dialect == "postgresql"
+        self._driver_claims: dict[int, driver.DriverStatement] = {}  # by batch size
+        self._driver_complete: driver.DriverStatement | None = None
         self._driver_errors: tuple[type[Exception], ...] = ()
-        if dialect == "postgresql":
-            self._driver = (
-                driver.DriverStatement(self._claim, engine.dialect),
-                driver.DriverStatement(self._complete, engine.dialect),
-            )
+        if self._driver:
+            self._driver_complete = driver.DriverStatement(self._complete, engine.dialect)
             self._driver_errors = driver.errors()
         self._reschedule = queries.reschedule(table)
         self._dead_letter = queries.dead_letter(table)
@@ -161,8 +160,14 @@ class OutboxStore:
             "lease_until": lease_until,
         }
         with translated_errors("claim events", self._driver_errors):
-            if self._driver is not None:
-                rows = await driver.fetch(self.relay_engine, self._driver[0], values)
+            if self._driver:
+                statement = self._driver_claims.get(limit)
+                if statement is None:
+                    statement = driver.DriverStatement(
+                        queries.claim(self.table, "postgresql", limit), self.engine.dialect
+                    )
+                    self._driver_claims[limit] = statement
+                rows = await driver.fetch(self.relay_engine, statement, values)
                 deliveries = [ClaimedDelivery(*row) for row in rows]
             else:
                 async with self._claim_engine.begin() as connection:
@@ -187,8 +192,8 @@ class OutboxStore:
         with translated_errors("record delivery results", self._driver_errors):
             if delivered and not (retries or dead or chained):  # the common case
                 values = {"ids": list(delivered), "token": token, "now": now}
-                if self._driver is not None:
-                    await driver.fetch(self.relay_engine, self._driver[1], values)
+                if self._driver_complete is not None:
+                    await driver.fetch(self.relay_engine, self._driver_complete, values)
                 else:
                     async with self._claim_engine.begin() as connection:  # one statement
                         await connection.execute(self._complete, values)
