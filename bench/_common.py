@@ -204,7 +204,7 @@ class CompiledStatement:
         return sql, args
 
 
-# What the library's relay connections set (``store/engine.py: relay_engine_options``); the
+# What the library's relay connections set (``store/engine.py: create_relay_engine``); the
 # hand-written baselines use the same, so that they compare code, not server settings.
 RELAY_SERVER_SETTINGS = {"synchronous_commit": "off"}
 

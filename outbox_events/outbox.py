@@ -116,14 +116,9 @@ class Outbox:
         self.table_name = table
         self.schema = schema
         self.retention = _seconds(retention)
-        relay_options = (
-            engines.relay_engine_options(database, engine_options or {})
-            if isinstance(database, str)
-            else None
-        )
         self._relay_engine = (
-            engines.create_engine(database, **relay_options)
-            if isinstance(database, str) and relay_options is not None
+            engines.create_relay_engine(database, engine_options or {})
+            if isinstance(database, str)
             else None
         )
         self.store = OutboxStore(

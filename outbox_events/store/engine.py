@@ -48,22 +48,35 @@ def create_engine(url: str | URL, **options: Any) -> AsyncEngine:
     return create_async_engine(parsed, **options)
 
 
-def relay_engine_options(url: str | URL, options: dict[str, Any]) -> dict[str, Any] | None:
-    """Engine options for the relay's own PostgreSQL engine, or None to share the main one.
+def create_relay_engine(url: str | URL, options: dict[str, Any]) -> AsyncEngine | None:
+    """The relay's own engine for ``url``, or None where it must share the main one.
 
-    The relay's claims and settlements commit without waiting for the WAL flush
-    (``synchronous_commit=off``): if the server crashes, the last few of them may be lost,
-    which only makes those rows deliverable again (at-least-once), and a lost settlement takes
-    the events its handlers chained with it, so nothing forks. The app's event writes keep
-    the server's durable default.
+    The relay's claims and settlements commit without waiting for the disk: on PostgreSQL
+    ``synchronous_commit=off``, on SQLite ``synchronous=NORMAL`` (in WAL mode: durable across
+    a crash of the process, not of the machine). If the machine crashes, the last few of them
+    may be lost, which only makes those rows deliverable again (at-least-once), and a lost
+    settlement takes the events its handlers chained with it, so nothing forks. The app's
+    event writes keep the database's durable default, and the log is written in order, so a
+    durable commit also makes every relay commit before it durable.
+
+    An in-memory SQLite database is private to its connection's engine: it gets no relay
+    engine of its own.
     """
-    if make_url(url).get_backend_name() != "postgresql":
-        return None
-    connect_args = dict(options.get("connect_args", {}))
-    server_settings = dict(connect_args.get("server_settings", {}))
-    server_settings.setdefault("synchronous_commit", "off")
-    connect_args["server_settings"] = server_settings
-    return {**options, "connect_args": connect_args}
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        connect_args = dict(options.get("connect_args", {}))
+        server_settings = dict(connect_args.get("server_settings", {}))
+        server_settings.setdefault("synchronous_commit", "off")
+        connect_args["server_settings"] = server_settings
+        return create_engine(parsed, **{**options, "connect_args": connect_args})
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if parsed.query.get("mode") == "memory":
+            return None
+        engine = create_engine(parsed, **options)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_relay_connect)
+        return engine
+    return None
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -72,6 +85,12 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.close()
+
+
+def _sqlite_relay_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")  # see create_relay_engine
     cursor.close()
 
 

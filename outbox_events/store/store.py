@@ -100,7 +100,7 @@ class OutboxStore:
     ) -> None:
         self.engine = engine
         # Claims, settlements and releases may use an engine of their own (see
-        # ``engine.relay_engine_options``); everything else uses ``engine``.
+        # ``engine.create_relay_engine``); everything else uses ``engine``.
         self.relay_engine = relay_engine or engine
         self.table = table
         self._insert = queries.insert_rows(table)
