@@ -279,8 +279,12 @@ class Relay:
             return
         if self._retry_due is not None:
             seconds = min(seconds, max(self._retry_due - asyncio.get_running_loop().time(), 0.0))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        if not self._wakeup.is_set():
+            timer = asyncio.get_running_loop().call_later(seconds, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
         self._wakeup.clear()
 
     async def _listen(self) -> None:
