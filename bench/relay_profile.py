@@ -2,7 +2,8 @@
 
 Runs the same workload as ``relay_throughput.py`` and wraps, inside this script only, the
 store's ``claim``/``settle`` and the relay's ``deliver`` with ``time.process_time()`` counters
-(the relay runs one batch at a time, so CPU spent while one of them is awaited belongs to it).
+(the relay runs with ``concurrency=1`` here, one batch at a time, so CPU spent while one of
+them is awaited belongs to it).
 The raw asyncpg loop running the library's own SQL is measured the same way. CPU, unlike wall
 time, hardly depends on how busy the shared machine is, so this is the number to watch when
 changing the relay's hot path.
@@ -91,7 +92,8 @@ async def main() -> None:
     args = parser.parse_args()
 
     async with scratch_postgres(args.postgres_url, "profile") as url:
-        outbox = Outbox(url, handlers=[noop_handler()], batch_size=args.batch_size)
+        # One batch in flight at a time, so that CPU spent while a phase is awaited is its own.
+        outbox = Outbox(url, handlers=[noop_handler()], batch_size=args.batch_size, concurrency=1)
         store = outbox.store
         original_deliver = worker.deliver
         try:
