@@ -76,6 +76,8 @@ class Outbox:
         clock: Returns the current UTC time; for tests that move time forward.
         engine_options: Extra keyword arguments for ``create_async_engine`` when ``database``
             is a URL.
+        tracer_provider: The OpenTelemetry ``TracerProvider`` for delivery spans (default: the
+            global one; with none configured, no spans are made).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Outbox:
         retention: timedelta | float | None = None,
         clock: Callable[[], datetime] = utc_now,
         engine_options: dict[str, Any] | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if relay not in ("embedded", "external"):
             raise ConfigurationError(f"relay must be 'embedded' or 'external', got {relay!r}")
@@ -131,6 +134,7 @@ class Outbox:
         self.relay_mode: RelayMode = relay
         self.max_payload_size = max_payload_size
         self.clock = clock
+        self.tracer_provider = tracer_provider
         self._handlers: list[BaseEventHandler] = []
         self._destinations: dict[str, Destination] = {}
         self._routes: dict[str, tuple[str, ...]] = {}

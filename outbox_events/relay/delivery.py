@@ -7,9 +7,9 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from outbox_events import _json, unit_of_work
+from outbox_events import _json, _tracing, unit_of_work
 from outbox_events.exceptions import PartialDeliveryError, PermanentDeliveryError
 from outbox_events.handlers.base import Destination
 from outbox_events.store.store import ClaimedDelivery
@@ -85,15 +85,19 @@ async def deliver(
             ready.append((outcome, to_event(delivery)))
         except ValueError as exc:
             outcome.error, outcome.permanent = exc, True
+    tracer = _tracing.delivery_tracer(outbox.tracer_provider) if ready else None
     if ready and destination.batched:
-        await _deliver_batch(outbox, destination, ready)
+        await _deliver_batch(outbox, destination, ready, tracer)
     elif ready:
-        await _deliver_each(outbox, destination, collections.deque(ready))
+        await _deliver_each(outbox, destination, collections.deque(ready), tracer)
     return outcomes
 
 
 async def _deliver_each(
-    outbox: Outbox, destination: Destination, waiting: collections.deque[tuple[Outcome, Event]]
+    outbox: Outbox,
+    destination: Destination,
+    waiting: collections.deque[tuple[Outcome, Event]],
+    tracer: Any,
 ) -> None:
     """Deliver ``waiting`` event by event, side by side as far as the handler waits.
 
@@ -106,7 +110,7 @@ async def _deliver_each(
     async def worker() -> None:
         while waiting:
             outcome, event = waiting.popleft()
-            await _deliver_one(outbox, destination, outcome, event)
+            await _deliver_one(outbox, destination, outcome, event, tracer)
 
     workers: list[asyncio.Task[None]] = []
     try:
@@ -120,12 +124,16 @@ async def _deliver_each(
 
 
 async def _deliver_one(
-    outbox: Outbox, destination: Destination, outcome: Outcome, event: Event
+    outbox: Outbox, destination: Destination, outcome: Outcome, event: Event, tracer: Any
 ) -> None:
     unit = unit_of_work.UnitOfWork(outbox)
     with unit_of_work.bound(unit):
         try:
-            await destination.handle(event)
+            if tracer is None:
+                await destination.handle(event)
+            else:
+                with _tracing.delivery_span(tracer, destination.name, (event,)):
+                    await destination.handle(event)
         except Exception as exc:
             _record_failure(outcome, exc)
             return
@@ -133,12 +141,14 @@ async def _deliver_one(
 
 
 async def _deliver_batch(
-    outbox: Outbox, destination: Destination, ready: list[tuple[Outcome, Event]]
+    outbox: Outbox, destination: Destination, ready: list[tuple[Outcome, Event]], tracer: Any
 ) -> None:
     unit = unit_of_work.UnitOfWork(outbox)
+    events = [event for _, event in ready]
     with unit_of_work.bound(unit):
         try:
-            await destination.handle_many([event for _, event in ready])
+            with _tracing.delivery_span(tracer, destination.name, events):
+                await destination.handle_many(events)
         except PartialDeliveryError as exc:
             for outcome, event in ready:
                 failure = exc.failures.get(event.id, exc.failures.get(str(event.id)))
