@@ -11,6 +11,7 @@ from outbox_events.exceptions import (
     DispatchError,
     EventNameError,
     MissingContextError,
+    NoDeliveryError,
     OutboxError,
     PartialDeliveryError,
     PayloadSerializationError,
@@ -20,6 +21,7 @@ from outbox_events.exceptions import (
     StoreError,
 )
 from outbox_events.outbox import Outbox
+from outbox_events.relay.transaction import delivery_session
 from outbox_events.relay.worker import DrainResult
 from outbox_events.retry import RetryPolicy
 from outbox_events.typing import Event
@@ -34,6 +36,7 @@ __all__ = [
     "Event",
     "EventNameError",
     "MissingContextError",
+    "NoDeliveryError",
     "Outbox",
     "OutboxError",
     "PartialDeliveryError",
@@ -43,5 +46,6 @@ __all__ = [
     "PermanentDeliveryError",
     "RetryPolicy",
     "StoreError",
+    "delivery_session",
     "dispatch",
 ]

@@ -46,6 +46,12 @@ class MissingContextError(OutboxError, LookupError):
     and scripts in `async with outbox.unit_of_work():`."""
 
 
+class NoDeliveryError(OutboxError, LookupError):
+    """delivery_session() was called outside a delivery; it gives the session of the event a
+    handler is handling, to handlers that take one event at a time (local handler functions,
+    BaseEventHandler.handle), not to handle_many."""
+
+
 class StoreError(OutboxError):
     """The outbox table could not be read or written; check the database is up and migrated
     (`outbox-relay migrate`)."""

@@ -38,10 +38,23 @@ class UnitOfWork:
     """The events of one request, script block or delivery, and the instrumented sessions
     used in it."""
 
-    __slots__ = ("added", "committed", "failed", "outbox", "pending", "sessions")
+    __slots__ = (
+        "added",
+        "committed",
+        "delivery",
+        "failed",
+        "outbox",
+        "pending",
+        "sessions",
+        "transaction",
+    )
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, delivery: tuple[Any, uuid.UUID] | None = None) -> None:
         self.outbox = outbox
+        # A delivery's unit of work: the claimed row and lease token, and the transaction its
+        # handler opened with delivery_session() (relay/transaction.py), if it did.
+        self.delivery = delivery
+        self.transaction: Any = None
         self.pending: list[PendingEvent] = []
         self.added = 0  # events added so far; pending holds the latest of them
         self.sessions: set[Any] = set()  # instrumented sqlalchemy.orm.Session used in it

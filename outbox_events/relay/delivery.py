@@ -6,12 +6,14 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from outbox_events import _json, _tracing, unit_of_work
-from outbox_events.exceptions import PartialDeliveryError, PermanentDeliveryError
+from outbox_events.exceptions import DeliveryError, PartialDeliveryError, PermanentDeliveryError
 from outbox_events.handlers.base import Destination
+from outbox_events.relay.transaction import DeliveryTransaction
 from outbox_events.store.store import ClaimedDelivery
 from outbox_events.typing import Event
 
@@ -31,6 +33,7 @@ class Outcome:
     error: BaseException | None = None
     permanent: bool = False
     chained: list[unit_of_work.PendingEvent] = dataclasses.field(default_factory=list)
+    settled: bool = False  # recorded already, in the handler's own transaction
 
 
 def describe(error: BaseException) -> str:
@@ -73,9 +76,13 @@ def _decode_mapping(text: str | None, what: str) -> dict[str, str] | None:
 
 
 async def deliver(
-    outbox: Outbox, destination: Destination, deliveries: Sequence[ClaimedDelivery]
+    outbox: Outbox,
+    destination: Destination,
+    deliveries: Sequence[ClaimedDelivery],
+    token: uuid.UUID,
 ) -> list[Outcome]:
-    """Deliver ``deliveries`` (all for ``destination``) and report each one's outcome."""
+    """Deliver ``deliveries`` (all for ``destination``, leased under ``token``) and report
+    each one's outcome."""
     outcomes: list[Outcome] = []
     ready: list[tuple[Outcome, Event]] = []
     for delivery in deliveries:
@@ -89,7 +96,7 @@ async def deliver(
     if ready and destination.batched:
         await _deliver_batch(outbox, destination, ready, tracer)
     elif ready:
-        await _deliver_each(outbox, destination, collections.deque(ready), tracer)
+        await _deliver_each(outbox, destination, collections.deque(ready), tracer, token)
     return outcomes
 
 
@@ -98,6 +105,7 @@ async def _deliver_each(
     destination: Destination,
     waiting: collections.deque[tuple[Outcome, Event]],
     tracer: Any,
+    token: uuid.UUID,
 ) -> None:
     """Deliver ``waiting`` event by event, side by side as far as the handler waits.
 
@@ -110,7 +118,7 @@ async def _deliver_each(
     async def worker() -> None:
         while waiting:
             outcome, event = waiting.popleft()
-            await _deliver_one(outbox, destination, outcome, event, tracer)
+            await _deliver_one(outbox, destination, outcome, event, tracer, token)
 
     workers: list[asyncio.Task[None]] = []
     try:
@@ -124,20 +132,50 @@ async def _deliver_each(
 
 
 async def _deliver_one(
-    outbox: Outbox, destination: Destination, outcome: Outcome, event: Event, tracer: Any
+    outbox: Outbox,
+    destination: Destination,
+    outcome: Outcome,
+    event: Event,
+    tracer: Any,
+    token: uuid.UUID,
 ) -> None:
-    unit = unit_of_work.UnitOfWork(outbox)
-    with unit_of_work.bound(unit):
-        try:
-            if tracer is None:
-                await destination.handle(event)
-            else:
-                with _tracing.delivery_span(tracer, destination.name, (event,)):
+    unit = unit_of_work.UnitOfWork(outbox, (outcome.delivery, token))
+    try:
+        with unit_of_work.bound(unit):
+            try:
+                if tracer is None:
                     await destination.handle(event)
-        except Exception as exc:
-            _record_failure(outcome, exc)
-            return
-    outcome.chained = unit.take()
+                else:
+                    with _tracing.delivery_span(tracer, destination.name, (event,)):
+                        await destination.handle(event)
+            except Exception as exc:
+                _record_failure(outcome, exc)
+                return
+        outcome.chained = unit.take()
+        if unit.transaction is not None:  # the handler wrote through delivery_session()
+            await _commit_own_transaction(unit.transaction, outcome)
+    finally:
+        if unit.transaction is not None:
+            await unit.transaction.close()
+
+
+async def _commit_own_transaction(transaction: DeliveryTransaction, outcome: Outcome) -> None:
+    try:
+        settled = await transaction.commit(outcome.chained)
+    except Exception as exc:  # nothing was committed: deliver it again
+        _record_failure(outcome, exc)
+        return
+    outcome.chained = []  # written, or rolled back with the handler's writes
+    if settled:
+        outcome.settled = True
+    else:
+        _record_failure(
+            outcome,
+            DeliveryError(
+                "the lease on this event ran out before the handler's transaction committed; "
+                "its writes were rolled back, and the relay that holds the event now delivers it"
+            ),
+        )
 
 
 async def _deliver_batch(

@@ -468,7 +468,9 @@ class Relay:
         # One task per destination, so that a stop past the shutdown timeout can interrupt
         # the destinations still delivering and record what the others finished.
         groups = {
-            asyncio.ensure_future(deliver(outbox, destinations[name], deliveries)): deliveries
+            asyncio.ensure_future(
+                deliver(outbox, destinations[name], deliveries, claim.token)
+            ): deliveries
             for name, deliveries in by_destination.items()
         }
         self._deliveries.update(groups)
@@ -510,13 +512,19 @@ class Relay:
         retries: list[Retry] = []
         dead: list[DeadLetter] = []
         chained: dict[int, list[Row]] = {}
+        delivered_count = 0
+        settled_already = False  # recorded in a handler's own transaction (delivery_session)
         unblocked = False  # a keyed row finished: the next event of its key may go now
         debug = logger.isEnabledFor(logging.DEBUG)
         for outcome in outcomes:
             delivery, error = outcome.delivery, outcome.error
             if error is None:
                 unblocked = unblocked or delivery.key is not None
-                delivered.append(delivery.id)
+                delivered_count += 1
+                if outcome.settled:
+                    settled_already = True
+                else:
+                    delivered.append(delivery.id)
                 if outcome.chained:
                     chained[delivery.id] = outbox.rows_for(outcome.chained)
                 if debug:
@@ -561,16 +569,17 @@ class Relay:
                         "destination": delivery.destination,
                     },
                 )
-        await asyncio.shield(
-            outbox.store.settle(
-                token,
-                delivered=delivered,
-                retries=retries,
-                dead=dead,
-                chained=chained,
-                now=now,
+        if delivered or retries or dead:
+            await asyncio.shield(
+                outbox.store.settle(
+                    token,
+                    delivered=delivered,
+                    retries=retries,
+                    dead=dead,
+                    chained=chained,
+                    now=now,
+                )
             )
-        )
         if retries:  # the same instant as `now`, on the loop's clock, plus a little margin
             due = (
                 loop_now
@@ -578,9 +587,9 @@ class Relay:
                 + min((r.available_at - now).total_seconds() for r in retries)
             )
             self._retry_due = due if self._retry_due is None else min(self._retry_due, due)
-        if chained or unblocked:
+        if chained or unblocked or settled_already:
             self.wake()  # claim again at once instead of waiting for the poll interval
-        return DrainResult(len(delivered), len(retries), len(dead))
+        return DrainResult(delivered_count, len(retries), len(dead))
 
 
 def _retrieve_failure(task: asyncio.Future[Any]) -> None:

@@ -234,6 +234,25 @@ class OutboxStore:
                         ],
                     )
 
+    def settle_one_in(
+        self,
+        connection: sa.Connection,
+        row_id: int,
+        token: uuid.UUID,
+        *,
+        now: datetime,
+        chained: Sequence[Row],
+    ) -> bool:
+        """Record one delivered row and write the events its handler dispatched, in the
+        caller's open transaction (a delivery's own, see ``relay/transaction.py``); False,
+        with nothing written, if the lease ``token`` no longer holds the row."""
+        result = connection.execute(self._complete, {"ids": [row_id], "token": token, "now": now})
+        if not list(result.scalars()):
+            return False
+        if chained:
+            connection.execute(self._insert, list(chained))
+        return True
+
     async def release(self, token: uuid.UUID, *, now: datetime) -> None:
         """Make the unsettled rows of a claim claimable again, without counting the attempt."""
         with translated_errors("release claimed events"):
