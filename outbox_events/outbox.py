@@ -11,10 +11,12 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from outbox_events import metrics as relay_metrics
 from outbox_events import session as session_hooks
 from outbox_events import unit_of_work
 from outbox_events.exceptions import ConfigurationError
 from outbox_events.handlers.base import BaseEventHandler, Destination
+from outbox_events.metrics import RelayMetrics
 from outbox_events.relay.worker import CONCURRENCY, DrainResult, Relay
 from outbox_events.retry import RetryPolicy
 from outbox_events.store import engine as engines
@@ -78,6 +80,9 @@ class Outbox:
             is a URL.
         tracer_provider: The OpenTelemetry ``TracerProvider`` for delivery spans (default: the
             global one; with none configured, no spans are made).
+        metrics: Prometheus metrics of the relay (the ``[metrics]`` extra): True registers
+            them in prometheus-client's default registry, a ``CollectorRegistry`` in that one;
+            off by default.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class Outbox:
         clock: Callable[[], datetime] = utc_now,
         engine_options: dict[str, Any] | None = None,
         tracer_provider: Any = None,
+        metrics: Any = False,
     ) -> None:
         if relay not in ("embedded", "external"):
             raise ConfigurationError(f"relay must be 'embedded' or 'external', got {relay!r}")
@@ -135,6 +141,7 @@ class Outbox:
         self.max_payload_size = max_payload_size
         self.clock = clock
         self.tracer_provider = tracer_provider
+        self.metrics: RelayMetrics | None = relay_metrics.for_setting(metrics)
         self._handlers: list[BaseEventHandler] = []
         self._destinations: dict[str, Destination] = {}
         self._routes: dict[str, tuple[str, ...]] = {}

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import click
 
-from outbox_events.exceptions import OutboxError
+from outbox_events import metrics as relay_metrics
+from outbox_events.exceptions import ConfigurationError, OutboxError
 from outbox_events.outbox import Outbox
 from outbox_events.store.engine import mask
 from outbox_events.store.tables import DEAD, DEFAULT_TABLE, DELIVERED
@@ -233,6 +234,13 @@ def migrate(app: str | None, database_url: str | None, table: str, schema: str |
     **_env("UNTIL_IDLE"),
     help="Deliver what is deliverable now, then exit.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    **_env("METRICS_PORT"),
+    help="Serve Prometheus metrics on this port (all interfaces; needs the [metrics] extra).",
+)
 def run(
     app: str,
     concurrency: int | None,
@@ -241,6 +249,7 @@ def run(
     lease: float | None,
     shutdown_timeout: float,
     until_idle: bool,
+    metrics_port: int | None,
 ) -> None:
     """Deliver the events of APP's Outbox until SIGTERM/SIGINT (a graceful stop, exit 0).
 
@@ -255,6 +264,8 @@ def run(
         lease=lease,
         shutdown_timeout=shutdown_timeout,
     )
+    if metrics_port is not None:
+        _serve_metrics(outbox, metrics_port)
     logger.info(
         "relay starting on %s (concurrency %d, batch size %d)",
         mask(outbox.engine.url),
@@ -299,6 +310,21 @@ def run(
             logger.info("relay stopped", extra={"action": "relay_stopped"})
 
     _run_relay(outbox, work)
+
+
+def _serve_metrics(outbox: Outbox, port: int) -> None:
+    """Turn the Outbox's metrics on (default registry, unless it has its own) and serve them
+    over HTTP from a thread of prometheus-client's."""
+    try:
+        if outbox.metrics is None:
+            outbox.metrics = relay_metrics.for_setting(True)
+        assert outbox.metrics is not None
+        relay_metrics.prometheus().start_http_server(port, registry=outbox.metrics.registry)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise click.UsageError(f"cannot serve metrics on port {port}: {exc}") from exc
+    logger.info("serving Prometheus metrics on port %d", port, extra={"action": "metrics_serving"})
 
 
 HANDLER_THREADS = "outbox-handler"  # name prefix of the threads that run sync handlers

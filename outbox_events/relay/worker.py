@@ -434,6 +434,10 @@ class Relay:
         batch = asyncio.ensure_future(self._run_batch(claimed))
         self._batches.add(batch)
         batch.add_done_callback(self._batches.discard)
+        metrics = self.outbox.metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+            batch.add_done_callback(lambda _: metrics.in_flight.dec())
         return claimed, batch
 
     async def _run_batch(self, claimed: asyncio.Future[int]) -> DrainResult:
@@ -442,7 +446,8 @@ class Relay:
         if not destinations:
             claimed.set_result(0)
             return DrainResult()
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         now = outbox.clock()
         try:
             claim = await outbox.store.claim(
@@ -458,6 +463,9 @@ class Relay:
             claimed.set_exception(exc)
             return DrainResult()
         claimed.set_result(len(claim.deliveries))
+        if outbox.metrics is not None:
+            outbox.metrics.claim.observe(loop.time() - started)
+            outbox.metrics.claimed.inc(len(claim.deliveries))
         if self._retry_due is not None and self._retry_due <= started:
             self._retry_due = None  # this claim looked for the retry that fell due
         if not claim.deliveries:
@@ -512,6 +520,8 @@ class Relay:
         retries: list[Retry] = []
         dead: list[DeadLetter] = []
         chained: dict[int, list[Row]] = {}
+        retried_to: list[str] = []  # destinations, for the metrics
+        dead_to: list[str] = []
         delivered_count = 0
         settled_already = False  # recorded in a handler's own transaction (delivery_session)
         unblocked = False  # a keyed row finished: the next event of its key may go now
@@ -541,6 +551,7 @@ class Relay:
             elif outcome.permanent or outbox.retry.gives_up_after(delivery.attempts):
                 unblocked = unblocked or delivery.key is not None
                 dead.append(DeadLetter(delivery.id, describe(error)))
+                dead_to.append(delivery.destination)
                 logger.error(
                     "dead-lettered event %s for %s after %d attempt(s): %s",
                     delivery.event_id,
@@ -556,6 +567,7 @@ class Relay:
             else:
                 delay = outbox.retry.delay(delivery.attempts)
                 retries.append(Retry(delivery.id, now + timedelta(seconds=delay), describe(error)))
+                retried_to.append(delivery.destination)
                 logger.warning(
                     "delivery of event %s to %s failed (attempt %d), retrying in %.1f s: %s",
                     delivery.event_id,
@@ -579,6 +591,17 @@ class Relay:
                     chained=chained,
                     now=now,
                 )
+            )
+        if outbox.metrics is not None:
+            outbox.metrics.settled(
+                outbox.clock(),
+                (
+                    (o.delivery.destination, o.delivery.created_at)
+                    for o in outcomes
+                    if o.error is None
+                ),
+                retried_to,
+                dead_to,
             )
         if retries:  # the same instant as `now`, on the loop's clock, plus a little margin
             due = (

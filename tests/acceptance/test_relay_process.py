@@ -609,3 +609,35 @@ def test_a_retention_beyond_ten_years_is_refused_before_anything_runs() -> None:
     for retention in (timedelta.max, timedelta(days=3651), -1):
         with pytest.raises(ConfigurationError, match="ten years"):
             Outbox("sqlite+aiosqlite://", retention=retention)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+async def test_metrics_port_serves_the_relays_prometheus_metrics(
+    relays: Relays, web: Outbox
+) -> None:
+    import urllib.request
+
+    from tests.private_postgres import free_port
+
+    port = free_port()
+    await dispatch_events(web, 30)
+    relay = relays.start(f"--metrics-port={port}")
+    await wait_until(lambda: all_delivered(web, 30), "30 deliveries", relays)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    async def counted_all() -> bool:
+        text = await asyncio.to_thread(scrape)
+        return (
+            f'outbox_events_deliveries_total{{destination="{DESTINATION}",outcome="delivered"}} '
+            "30.0" in text
+        )
+
+    await wait_until(counted_all, "the metrics to count 30 deliveries", relays)
+    relay.signal(signal.SIGTERM)
+    assert await relay.wait() == 0, relays.logs()
+    assert "serving Prometheus metrics" in relay.output()
