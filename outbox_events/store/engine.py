@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from outbox_events.exceptions import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a SQLite writer waits for the lock
+# Execution option of a SQLite connection that runs one statement, in autocommit: no BEGIN.
+SINGLE_STATEMENT = "outbox_events_single_statement"
 DRIVERS = {"postgresql": ("asyncpg", "postgres"), "sqlite": ("aiosqlite", None)}
 
 
@@ -95,7 +97,8 @@ def _sqlite_relay_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    if not connection.get_execution_options().get(SINGLE_STATEMENT):
+        connection.exec_driver_sql("BEGIN")
 
 
 def mask(url: str | URL) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox_events.exceptions import StoreError
 from outbox_events.store import driver, queries
+from outbox_events.store import engine as engines
 
 Row = Mapping[str, Any]
 CHUNK = 1000  # rows per transaction in bulk operator commands
@@ -106,13 +107,13 @@ class OutboxStore:
         self._insert = queries.insert_rows(table)
         dialect = engine.dialect.name
         self._claim = queries.claim(table, dialect)
-        # PostgreSQL claims (and settles that are a single statement) autocommitted: no
-        # BEGIN/COMMIT round trips.
-        # SQLite keeps explicit transactions (the engine emits BEGIN itself).
+        # Claims, and settles that are a single statement, run autocommitted: no BEGIN and
+        # COMMIT round trips (on SQLite: hops through aiosqlite's thread). One statement is
+        # atomic on its own.
         self._claim_engine = (
             self.relay_engine.execution_options(isolation_level="AUTOCOMMIT")
             if dialect == "postgresql"
-            else self.relay_engine
+            else self.relay_engine.execution_options(**{engines.SINGLE_STATEMENT: True})
         )
         self._complete = (
             queries.complete(table, dialect)
