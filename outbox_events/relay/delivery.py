@@ -127,8 +127,11 @@ async def _deliver_each(
             await asyncio.sleep(0)  # the new worker runs until it waits or runs out of events
         await asyncio.gather(*workers)
     finally:
-        for task in workers:
-            task.cancel()  # only those still running: this delivery itself was cancelled
+        running = [task for task in workers if not task.done()]
+        for task in running:
+            task.cancel()  # this delivery itself was cancelled (or a worker failed)
+        if running:
+            await asyncio.wait(running)  # their clean-up ends before the batch settles
 
 
 async def _deliver_one(
@@ -155,6 +158,7 @@ async def _deliver_one(
         if unit.transaction is not None:  # the handler wrote through delivery_session()
             await _commit_own_transaction(unit.transaction, outcome)
     finally:
+        unit.delivery = None  # delivery_session() from a task the handler left behind: refused
         if unit.transaction is not None:
             await unit.transaction.close()
 

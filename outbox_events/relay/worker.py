@@ -264,7 +264,7 @@ class Relay:
                         delay,
                         extra={"action": "batch_failed"},
                     )
-                await self._idle(delay)
+                await self._idle(delay, backing_off=True)
                 continue
             if unavailable:
                 logger.info("database reachable again", extra={"action": "store_available"})
@@ -272,12 +272,13 @@ class Relay:
             if last_claimed < self.batch_size:
                 await self._idle(self.poll_interval)
 
-    async def _idle(self, seconds: float) -> None:
-        """Wait for the first of a wake-up, ``seconds``, stop, or the moment the earliest
-        retry this relay scheduled falls due (the adaptive part of polling)."""
+    async def _idle(self, seconds: float, *, backing_off: bool = False) -> None:
+        """Wait for the first of a wake-up, ``seconds``, stop, or (unless ``backing_off``
+        after an error) the moment the earliest retry this relay scheduled falls due (the
+        adaptive part of polling)."""
         if self._stopping:
             return
-        if self._retry_due is not None:
+        if self._retry_due is not None and not backing_off:
             seconds = min(seconds, max(self._retry_due - asyncio.get_running_loop().time(), 0.0))
         if not self._wakeup.is_set():
             timer = asyncio.get_running_loop().call_later(seconds, self._wakeup.set)
@@ -442,14 +443,14 @@ class Relay:
 
     async def _run_batch(self, claimed: asyncio.Future[int]) -> DrainResult:
         outbox = self.outbox
-        destinations = outbox.destinations
-        if not destinations:
-            claimed.set_result(0)
-            return DrainResult()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        now = outbox.clock()
-        try:
+        try:  # whatever fails before the claim returns goes to whoever waits for the claim
+            destinations = outbox.destinations
+            if not destinations:
+                claimed.set_result(0)
+                return DrainResult()
+            now = outbox.clock()
             claim = await outbox.store.claim(
                 destinations=list(destinations),
                 limit=self.batch_size,
@@ -459,7 +460,7 @@ class Relay:
         except asyncio.CancelledError:
             claimed.cancel()
             raise
-        except Exception as exc:  # raised by whoever waits for the claim
+        except Exception as exc:
             claimed.set_exception(exc)
             return DrainResult()
         claimed.set_result(len(claim.deliveries))

@@ -4,18 +4,21 @@ A claim or the delete that settles a delivered batch runs hundreds of times a se
 load. SQLAlchemy builds and compiles these statements once; this module then runs them on the
 asyncpg connection underneath a pooled SQLAlchemy connection, skipping SQLAlchemy's execution
 and result layers, which cost more client CPU than the statement itself (see
-docs/benchmarks.md). The pool still owns the connection: a connection the driver reports
-broken is invalidated there, so the next checkout opens a fresh one.
+docs/benchmarks.md). The pool still owns the connection: when the driver reports it broken,
+SQLAlchemy is made to see the disconnect, so that it renews the pool as it would for its own
+statements.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
 
@@ -48,12 +51,28 @@ async def fetch(
             return await driver.fetch(statement.sql, *statement.arguments(values))  # type: ignore[no-any-return]
         except BaseException:
             if driver.is_closed():
-                await connection.invalidate()  # not back into the pool
+                await _let_sqlalchemy_see_the_disconnect(connection)
             raise
 
 
-def errors() -> tuple[type[Exception], ...]:
-    """The asyncpg errors ``fetch`` may raise besides OSError."""
+async def _let_sqlalchemy_see_the_disconnect(connection: AsyncConnection) -> None:
+    """The connection died under the driver (a database restart, say). Any statement through
+    SQLAlchemy now fails as a disconnect, which makes SQLAlchemy do what it does for its own
+    statements: invalidate this connection and every other one the pool opened before now,
+    so that the next checkouts reconnect instead of failing one by one."""
+    with contextlib.suppress(Exception):
+        await connection.exec_driver_sql("SELECT 1")
+    if not connection.invalidated:
+        await connection.invalidate()  # not back into the pool in any case
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """The errors ``fetch`` may raise from the driver, besides OSError."""
     import asyncpg
 
-    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+    return (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        asyncio.TimeoutError,  # asyncpg's command_timeout; an OSError only from Python 3.11
+    )

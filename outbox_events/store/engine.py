@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from outbox_events.exceptions import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a SQLite writer waits for the lock
-# Execution option of a SQLite connection that runs one statement, in autocommit: no BEGIN.
+# Execution options of SQLite connections: one that runs a single statement, in autocommit
+# (no BEGIN); the statement that begins a transaction (default "BEGIN", i.e. deferred).
 SINGLE_STATEMENT = "outbox_events_single_statement"
+BEGIN = "outbox_events_begin"
 DRIVERS = {"postgresql": ("asyncpg", "postgres"), "sqlite": ("aiosqlite", None)}
 
 
@@ -97,8 +99,9 @@ def _sqlite_relay_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    if not connection.get_execution_options().get(SINGLE_STATEMENT):
-        connection.exec_driver_sql("BEGIN")
+    options = connection.get_execution_options()
+    if not options.get(SINGLE_STATEMENT):
+        connection.exec_driver_sql(options.get(BEGIN, "BEGIN"))
 
 
 def mask(url: str | URL) -> str:

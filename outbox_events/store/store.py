@@ -68,7 +68,7 @@ class Claim:
 
 @contextlib.contextmanager
 def translated_errors(
-    action: str, driver_errors: tuple[type[Exception], ...] = ()
+    action: str, driver_errors: tuple[type[BaseException], ...] = ()
 ) -> Iterator[None]:
     """Turn SQLAlchemy and driver errors into StoreError, with the cause attached."""
     try:
@@ -125,7 +125,7 @@ class OutboxStore:
         self._driver = dialect == "postgresql"
         self._driver_claims: dict[int, driver.DriverStatement] = {}  # by batch size
         self._driver_complete: driver.DriverStatement | None = None
-        self._driver_errors: tuple[type[Exception], ...] = ()
+        self._driver_errors: tuple[type[BaseException], ...] = ()
         if self._driver:
             self._driver_complete = driver.DriverStatement(self._complete, engine.dialect)
             self._driver_errors = driver.errors()

@@ -641,3 +641,76 @@ async def test_metrics_port_serves_the_relays_prometheus_metrics(
     relay.signal(signal.SIGTERM)
     assert await relay.wait() == 0, relays.logs()
     assert "serving Prometheus metrics" in relay.output()
+
+
+async def test_after_a_postgres_restart_one_failed_claim_renews_the_whole_pool(
+    private_postgres: PrivatePostgres,
+) -> None:
+    server = private_postgres
+    outbox = web_outbox(server.url)
+    try:
+        # Several relay connections in the pool, as batches in flight and settles leave them.
+        pooled = [await outbox.store.relay_engine.connect() for _ in range(4)]
+        for connection in pooled:
+            await connection.get_raw_connection()
+        for connection in pooled:
+            await connection.close()
+        server.stop()
+        server.start()
+
+        outcomes = []
+        for _ in range(4):
+            now = outbox.clock()
+            try:
+                await outbox.store.claim(
+                    destinations=[DESTINATION], limit=10, now=now, lease_until=now + timedelta(30)
+                )
+                outcomes.append("ok")
+            except OutboxError as exc:
+                outcomes.append(type(exc).__name__)
+    finally:
+        await outbox.close()
+
+    assert outcomes in (["StoreError", "ok", "ok", "ok"], ["ok"] * 4), (
+        f"each dead pooled connection failed a claim of its own: {outcomes}"
+    )
+
+
+async def test_a_relay_backs_off_while_postgres_is_down_even_with_a_retry_due(
+    private_postgres: PrivatePostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = private_postgres
+    attempts: list[int] = []
+    handlers = LocalHandler()
+
+    @handlers.register(event_name="*", name=DESTINATION)
+    async def flaky(event: Event) -> None:
+        attempts.append(event.attempt)
+        if event.attempt == 1:
+            raise RuntimeError("not yet")
+
+    from outbox_events import RetryPolicy
+
+    outbox = Outbox(
+        server.url,
+        handlers=[handlers],
+        retry=RetryPolicy(initial_delay=0.5, max_delay=0.5, jitter=0),
+    )
+    try:
+        async with outbox.unit_of_work():
+            dispatch("fault.test", {"seq": 1})
+        outbox.relay.start()
+        await wait_until(lambda: attempts == [1], "the first, failing attempt", [])
+        server.stop()  # the retry falls due while the database is down
+        await asyncio.sleep(2.5)
+        unavailable = [
+            r for r in caplog.records if r.getMessage().startswith("database unavailable")
+        ]
+        server.start()
+        await wait_until(lambda: attempts == [1, 2], "the retry once the database is back", [])
+    finally:
+        await outbox.close()
+
+    assert 1 <= len(unavailable) <= 3, (
+        f"{len(unavailable)} claims in 2.5 s: the relay did not back off (1 s, 2 s, ...)"
+    )

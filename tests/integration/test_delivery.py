@@ -212,3 +212,26 @@ async def test_only_the_relays_own_connections_skip_the_wait_for_the_disk(
 
     assert await value(outbox.engine) == durable, "the app's event writes must be durable"
     assert await value(outbox.store.relay_engine) == relaxed
+
+
+async def test_a_configuration_error_found_when_claiming_reaches_drain(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    from outbox_events import ConfigurationError
+
+    first, second = LocalHandler(), LocalHandler()
+
+    @first.register(event_name="order.*", name="receipts")
+    async def send_receipt(event: Event) -> None:
+        pass
+
+    outbox = make_outbox(handlers=[first, second])
+    async with outbox.unit_of_work():
+        dispatch("order.placed", {"id": 1})
+
+    @second.register(event_name="order.*", name="receipts")  # registered later, same name
+    async def send_another_receipt(event: Event) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="receipts"):
+        await asyncio.wait_for(outbox.drain(), 30)  # raised, not waited on forever

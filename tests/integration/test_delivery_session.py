@@ -4,6 +4,7 @@ transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -143,9 +144,10 @@ async def test_a_lost_lease_rolls_the_handlers_writes_back(
     handlers = LocalHandler()
 
     @handlers.register(event_name="order.paid", name="ledger")
-    async def record_payment(event: Event, session: AsyncSession = Depends(delivery_session)):
+    async def record_payment(event: Event) -> None:
         # While the handler works, this relay's lease runs out and another relay claims the
-        # event (before the handler's first write: SQLite has one writer at a time).
+        # event (before the handler opens its transaction: on SQLite that transaction holds
+        # the only write lock).
         table = outbox.store.table
         async with outbox.engine.begin() as connection:
             await connection.execute(
@@ -153,6 +155,7 @@ async def test_a_lost_lease_rolls_the_handlers_writes_back(
                 .where(table.c.event_id == event.id)
                 .values(lease_token=other_relays_token)
             )
+        session = await delivery_session()
         await session.execute(sa.insert(payments).values(order_id=7, amount=10))
 
     outbox = make_outbox(handlers=[handlers])
@@ -203,3 +206,100 @@ async def test_the_session_is_refused_outside_one_events_delivery(
     result = await outbox.drain()
 
     assert result.dead_lettered == 1, "handle_many cannot share one event's transaction"
+
+
+async def test_handlers_that_read_then_write_do_not_fail_each_other(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    handlers = LocalHandler()
+
+    @handlers.register(event_name="order.paid", name="ledger")
+    async def record_payment(event: Event, session: AsyncSession = Depends(delivery_session)):
+        seen = (await session.execute(sa.select(sa.func.count()).select_from(payments))).scalar()
+        await asyncio.sleep(0.02)  # an API call, say: the other handlers run meanwhile
+        await session.execute(
+            sa.insert(payments).values(order_id=event.payload["order"], amount=seen)
+        )
+
+    outbox = make_outbox(handlers=[handlers], retry=RetryPolicy(max_attempts=1))
+    await create_payments(outbox)
+    async with outbox.unit_of_work():
+        for order in range(5):
+            dispatch("order.paid", {"order": order, "amount": 10})
+
+    result = await outbox.drain()
+
+    assert (result.delivered, result.dead_lettered) == (5, 0)
+    assert [order for order, _ in await recorded_payments(outbox)] == [0, 1, 2, 3, 4]
+
+
+async def test_closing_the_session_in_the_handler_keeps_its_writes(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    handlers = LocalHandler()
+
+    class Payment:
+        pass
+
+    from sqlalchemy.orm import registry
+
+    registry().map_imperatively(Payment, payments)
+
+    @handlers.register(event_name="order.paid", name="ledger")
+    async def record_payment(event: Event) -> None:
+        async with await delivery_session() as session:  # the usual idiom
+            payment = Payment()
+            payment.order_id, payment.amount = event.payload["order"], 10  # type: ignore[attr-defined]
+            session.add(payment)
+
+    outbox = make_outbox(handlers=[handlers])
+    await create_payments(outbox)
+    event_id = await pay(outbox, 9)
+
+    assert (await outbox.drain()).delivered == 1
+    assert await recorded_payments(outbox) == [(9, 10)]
+    assert (await outbox_row(outbox, event_id))["state"] == DELIVERED
+
+
+async def test_rolling_back_the_session_fails_the_delivery(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    handlers = LocalHandler()
+
+    @handlers.register(event_name="order.paid", name="ledger")
+    async def record_payment(event: Event, session: AsyncSession = Depends(delivery_session)):
+        await session.execute(sa.insert(payments).values(order_id=7, amount=10))
+        await session.rollback()
+
+    outbox = make_outbox(handlers=[handlers], retry=IMMEDIATE_RETRY)
+    await create_payments(outbox)
+    event_id = await pay(outbox, 7)
+
+    result = await outbox.relay.run_batch()
+
+    assert result.retried == 1
+    row = await outbox_row(outbox, event_id)
+    assert row["state"] == PENDING and "rolled back" in row["last_error"]
+    assert await recorded_payments(outbox) == []
+
+
+async def test_the_session_is_refused_once_the_delivery_is_over(
+    make_outbox: Callable[..., Outbox],
+) -> None:
+    handlers = LocalHandler()
+    later: list[asyncio.Task[AsyncSession]] = []
+
+    @handlers.register(event_name="order.paid", name="ledger")
+    async def record_payment(event: Event) -> None:
+        async def too_late() -> AsyncSession:
+            await asyncio.sleep(0.05)
+            return await delivery_session()
+
+        later.append(asyncio.ensure_future(too_late()))
+
+    outbox = make_outbox(handlers=[handlers])
+    await pay(outbox, 7)
+    assert (await outbox.drain()).delivered == 1
+
+    with pytest.raises(NoDeliveryError):
+        await later[0]
