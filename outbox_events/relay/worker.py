@@ -458,7 +458,9 @@ class Relay:
                 lease_until=now + self.lease,
             )
         except asyncio.CancelledError:
-            claimed.cancel()
+            # This batch was cancelled (a stop past its timeouts, or a cancelled drain()):
+            # whoever waits for the claim gets an error and backs off, instead of ending.
+            claimed.set_exception(StoreError("the claim was interrupted before it returned"))
             raise
         except Exception as exc:
             claimed.set_exception(exc)
