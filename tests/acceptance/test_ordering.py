@@ -2,8 +2,8 @@
 dispatch order, never two at a time, and a failing event holds back only the later events of
 its own key until it succeeds or is dead-lettered.
 
-Three relays (``Outbox`` objects over the same database, two delivery loops each) share a
-PostgreSQL table; SQLite, with its single writer, gets one relay with two loops.
+Three relays (``Outbox`` objects over the same database, two batches in flight each) share a
+PostgreSQL table; SQLite, with its single writer, gets one relay with two batches in flight.
 """
 
 from __future__ import annotations

@@ -580,8 +580,8 @@ async def all_delivered_but(outbox: Outbox, dead: set[str], count: int) -> bool:
 async def test_a_relay_task_that_dies_stops_the_relay_loudly(
     make_outbox: Callable[..., Outbox], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The retention purge runs beside the delivery loops; if it dies the relay must not go on
-    without it unnoticed: the loops finish their batches and ``run()`` raises."""
+    """The retention purge runs beside the delivery loop; if it dies the relay must not go on
+    without it unnoticed: the loop finishes its batches and ``run()`` raises."""
 
     def clock() -> datetime:
         task = asyncio.current_task()
