@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+if TYPE_CHECKING:
+    from outbox_events import Outbox
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -35,3 +40,19 @@ def sampled_span() -> NonRecordingSpan:
             trace_state=TraceState([("vendor", "opaque")]),
         )
     )
+
+
+async def outbox_rows(outbox: Outbox, **where: Any) -> list[dict[str, Any]]:
+    """The outbox table's rows matching the column values in ``where``, oldest first."""
+    table = outbox.store.table
+    query = sa.select(table).order_by(table.c.id)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    async with outbox.engine.connect() as connection:
+        return [dict(row._mapping) for row in await connection.execute(query)]
+
+
+async def outbox_row(outbox: Outbox, **where: Any) -> dict[str, Any]:
+    """The one outbox row matching ``where``."""
+    [row] = await outbox_rows(outbox, **where)
+    return row

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from outbox_events import (
     Event,
@@ -20,18 +19,9 @@ from outbox_events import (
 from outbox_events.handlers.base import BaseEventHandler
 from outbox_events.handlers.local import LocalHandler
 from outbox_events.store.tables import DELIVERED, PENDING
+from tests.helpers import outbox_rows
 
 IMMEDIATE_RETRY = RetryPolicy(initial_delay=0, max_delay=0)
-
-
-async def rows(outbox: Outbox, **where: Any) -> list[dict[str, Any]]:
-    """Outbox rows matching the column values in ``where``, oldest first."""
-    table = outbox.store.table
-    query = sa.select(table).order_by(table.c.id)
-    for column, value in where.items():
-        query = query.where(table.c[column] == value)
-    async with outbox.engine.connect() as connection:
-        return [dict(row._mapping) for row in await connection.execute(query)]
 
 
 async def dispatch_one(outbox: Outbox, name: str, payload: Any) -> uuid.UUID:
@@ -80,8 +70,8 @@ async def test_chained_event_is_stored_with_the_delivered_mark_then_delivered(
     paid_id = await dispatch_one(outbox, "order.paid", {"order": 7})
 
     first = await outbox.relay.run_batch()
-    [paid_row] = await rows(outbox, event_id=paid_id)
-    [chained_row] = await rows(outbox, name="order.shipped")
+    [paid_row] = await outbox_rows(outbox, event_id=paid_id)
+    [chained_row] = await outbox_rows(outbox, name="order.shipped")
 
     assert first.delivered == 1 and paid_row["state"] == DELIVERED
     assert (chained_row["destination"], chained_row["state"]) == ("notify", PENDING)
@@ -90,7 +80,7 @@ async def test_chained_event_is_stored_with_the_delivered_mark_then_delivered(
     await outbox.drain()
 
     assert [(event.name, event.payload) for event in shipped] == [("order.shipped", {"order": 7})]
-    assert (await rows(outbox, name="order.shipped"))[0]["state"] == DELIVERED
+    assert (await outbox_rows(outbox, name="order.shipped"))[0]["state"] == DELIVERED
 
 
 async def test_delivered_mark_is_not_recorded_if_the_chained_event_cannot_be_stored(
@@ -104,9 +94,9 @@ async def test_delivered_mark_is_not_recorded_if_the_chained_event_cannot_be_sto
     with pytest.raises(StoreError):
         await outbox.relay.run_batch()
 
-    [paid_row] = await rows(outbox, event_id=paid_id)
+    [paid_row] = await outbox_rows(outbox, event_id=paid_id)
     assert paid_row["state"] == PENDING, "marked delivered although its chained event was lost"
-    assert await rows(outbox, name="order.shipped") == []
+    assert await outbox_rows(outbox, name="order.shipped") == []
 
 
 async def test_chained_event_of_a_failed_attempt_is_discarded(
@@ -120,11 +110,13 @@ async def test_chained_event_of_a_failed_attempt_is_discarded(
     first = await outbox.relay.run_batch()
 
     assert first.retried == 1
-    assert await rows(outbox, name="order.shipped") == [], "a failed handler's event was stored"
+    assert await outbox_rows(outbox, name="order.shipped") == [], (
+        "a failed handler's event was stored"
+    )
 
     await outbox.drain()
 
-    [paid_row] = await rows(outbox, event_id=paid_id)
+    [paid_row] = await outbox_rows(outbox, event_id=paid_id)
     assert (paid_row["state"], paid_row["attempts"]) == (DELIVERED, 2)
     assert len(shipped) == 1, f"expected the event of the successful attempt only: {shipped}"
 

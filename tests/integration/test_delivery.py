@@ -12,7 +12,7 @@ from outbox_events import Event, Outbox, RetryPolicy, dispatch
 from outbox_events.handlers.base import BaseEventHandler
 from outbox_events.handlers.local import LocalHandler
 from outbox_events.store.tables import DEAD, DELIVERED
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, outbox_row
 
 
 async def test_each_matching_destination_receives_a_committed_event_once(
@@ -74,7 +74,7 @@ async def test_failing_destination_backs_off_then_dead_letters_without_repeating
     delays = []
     await outbox.drain()
     for _ in range(policy.max_attempts - 1):
-        row = await _row(outbox, event_id, "bad")
+        row = await outbox_row(outbox, event_id=event_id, destination="bad")
         delays.append((row["available_at"] - clock.now).total_seconds())
         assert (await outbox.drain()).attempted == 0, "retried before its backoff elapsed"
         clock.advance(delays[-1])
@@ -83,7 +83,10 @@ async def test_failing_destination_backs_off_then_dead_letters_without_repeating
     assert calls == {"good": 1, "bad": policy.max_attempts}
     assert delays == sorted(delays) and delays[0] < delays[-1], f"delays did not grow: {delays}"
     assert 5 <= delays[0] <= 10
-    bad_row, good_row = await _row(outbox, event_id, "bad"), await _row(outbox, event_id, "good")
+    bad_row, good_row = (
+        await outbox_row(outbox, event_id=event_id, destination="bad"),
+        await outbox_row(outbox, event_id=event_id, destination="good"),
+    )
     assert good_row["state"] == DELIVERED
     assert bad_row["state"] == DEAD
     assert bad_row["attempts"] == policy.max_attempts
@@ -113,17 +116,6 @@ class _Recorder(BaseEventHandler):
 
     async def handle(self, event: Event) -> None:
         self.events.append(event)
-
-
-async def _row(outbox: Outbox, event_id: object, destination: str) -> dict[str, object]:
-    import sqlalchemy as sa
-
-    table = outbox.store.table
-    async with outbox.engine.connect() as connection:
-        result = await connection.execute(
-            sa.select(table).where(table.c.event_id == event_id, table.c.destination == destination)
-        )
-        return dict(result.one()._mapping)
 
 
 async def test_delivered_rows_are_deleted_unless_a_retention_is_set(

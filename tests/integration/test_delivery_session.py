@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +24,7 @@ from outbox_events import (
 from outbox_events.handlers.base import BaseEventHandler
 from outbox_events.handlers.local import LocalHandler
 from outbox_events.store.tables import DELIVERED, PENDING
+from tests.helpers import outbox_row
 
 IMMEDIATE_RETRY = RetryPolicy(initial_delay=0, max_delay=0)
 
@@ -45,13 +45,6 @@ async def recorded_payments(outbox: Outbox) -> list[tuple[int, int]]:
     async with outbox.engine.connect() as connection:
         result = await connection.execute(sa.select(payments).order_by(payments.c.order_id))
         return [(row.order_id, row.amount) for row in result]
-
-
-async def outbox_row(outbox: Outbox, event_id: uuid.UUID) -> dict[str, Any]:
-    table = outbox.store.table
-    async with outbox.engine.connect() as connection:
-        result = await connection.execute(sa.select(table).where(table.c.event_id == event_id))
-        return dict(result.one()._mapping)
 
 
 async def pay(outbox: Outbox, order_id: int) -> uuid.UUID:
@@ -78,7 +71,7 @@ async def test_the_handlers_writes_commit_with_the_delivered_mark(
 
     assert result.delivered == 1
     assert await recorded_payments(outbox) == [(7, 10)]
-    assert (await outbox_row(outbox, event_id))["state"] == DELIVERED
+    assert (await outbox_row(outbox, event_id=event_id))["state"] == DELIVERED
 
 
 async def test_a_failing_handler_leaves_no_writes_and_is_retried(
@@ -106,7 +99,7 @@ async def test_a_failing_handler_leaves_no_writes_and_is_retried(
     assert after_failure == [], "the failed attempt's write was kept"
     assert seen == [1, 2]
     assert await recorded_payments(outbox) == [(7, 2)], "exactly the successful attempt's write"
-    row = await outbox_row(outbox, event_id)
+    row = await outbox_row(outbox, event_id=event_id)
     assert (row["state"], row["attempts"]) == (DELIVERED, 2)
 
 
@@ -166,7 +159,7 @@ async def test_a_lost_lease_rolls_the_handlers_writes_back(
 
     assert result.delivered == 0
     assert await recorded_payments(outbox) == [], "a write was committed without its event"
-    row = await outbox_row(outbox, event_id)
+    row = await outbox_row(outbox, event_id=event_id)
     assert (row["state"], row["lease_token"]) == (PENDING, other_relays_token), (
         "the row the other relay holds must be left to it"
     )
@@ -258,7 +251,7 @@ async def test_closing_the_session_in_the_handler_keeps_its_writes(
 
     assert (await outbox.drain()).delivered == 1
     assert await recorded_payments(outbox) == [(9, 10)]
-    assert (await outbox_row(outbox, event_id))["state"] == DELIVERED
+    assert (await outbox_row(outbox, event_id=event_id))["state"] == DELIVERED
 
 
 async def test_rolling_back_the_session_fails_the_delivery(
@@ -278,7 +271,7 @@ async def test_rolling_back_the_session_fails_the_delivery(
     result = await outbox.relay.run_batch()
 
     assert result.retried == 1
-    row = await outbox_row(outbox, event_id)
+    row = await outbox_row(outbox, event_id=event_id)
     assert row["state"] == PENDING and "rolled back" in row["last_error"]
     assert await recorded_payments(outbox) == []
 

@@ -32,7 +32,7 @@ from outbox_events.handlers.local import LocalHandler
 from outbox_events.handlers.null import NullHandler
 from outbox_events.relay.delivery import MAX_ERROR_LENGTH
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, outbox_rows
 
 RENDEZVOUS_TIMEOUT = 10.0  # seconds; only reached when deliveries are not concurrent
 RELAY_TIMEOUT = 10.0  # seconds to wait for the background relay before failing the test
@@ -54,18 +54,8 @@ async def dispatch_all(outbox: Outbox, *events: tuple[Any, Any]) -> list[uuid.UU
         return [dispatch(name, payload) for name, payload in events]
 
 
-async def rows(outbox: Outbox, **where: Any) -> list[dict[str, Any]]:
-    """Outbox rows matching the column values in ``where``, oldest first."""
-    table = outbox.store.table
-    query = sa.select(table).order_by(table.c.id)
-    for column, value in where.items():
-        query = query.where(table.c[column] == value)
-    async with outbox.engine.connect() as connection:
-        return [dict(row._mapping) for row in await connection.execute(query)]
-
-
 async def one_row(outbox: Outbox, event_id: uuid.UUID, destination: str) -> dict[str, Any]:
-    [row] = await rows(outbox, event_id=event_id, destination=destination)
+    [row] = await outbox_rows(outbox, event_id=event_id, destination=destination)
     return row
 
 
@@ -188,7 +178,7 @@ async def test_function_registered_under_two_patterns_is_one_destination_called_
     assert names_of(received) == ["invoice.paid", "order.paid", "order.placed"], (
         "an event matching both patterns must reach the function once"
     )
-    assert len(await rows(outbox, event_id=paid_id)) == 1
+    assert len(await outbox_rows(outbox, event_id=paid_id)) == 1
 
 
 async def test_async_functions_are_awaited_on_the_event_loop_thread(
@@ -298,7 +288,7 @@ async def test_each_function_is_a_destination_named_by_module_and_qualified_name
     prefix = f"{__name__}.test_each_function_is_a_destination_named_by_module_and_qualified_name"
     expected = {f"{prefix}.<locals>.first", "billing.v1"}
     assert set(outbox.destinations) == expected
-    stored = await rows(outbox, event_id=event_id)
+    stored = await outbox_rows(outbox, event_id=event_id)
     assert {row["destination"]: row["state"] for row in stored} == dict.fromkeys(
         expected, DELIVERED
     )
@@ -501,7 +491,7 @@ async def test_name_and_event_name_options_route_and_name_each_instance(
     assert names_of(audit.events) == ["order.paid", "order.placed"]
     assert names_of(billing.events) == ["invoice.sent", "order.paid"]
     assert names_of(shipping.events) == ["SHIPPED"]
-    assert {row["destination"] for row in await rows(outbox, event_id=ids[1])} == {
+    assert {row["destination"] for row in await outbox_rows(outbox, event_id=ids[1])} == {
         "audit",
         "billing",
     }
@@ -546,7 +536,7 @@ async def test_echo_prints_name_and_payload_and_null_accepts_everything(
 
     assert result.delivered == 2
     assert capsys.readouterr().out == "('order.placed', {'id': 1})\n"
-    assert {row["state"] for row in await rows(outbox, event_id=ids[0])} == {DELIVERED}
+    assert {row["state"] for row in await outbox_rows(outbox, event_id=ids[0])} == {DELIVERED}
 
 
 # -- errors and undecodable rows -------------------------------------------------------------

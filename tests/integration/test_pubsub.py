@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from opentelemetry import trace
 
 from outbox_events import (
@@ -32,7 +31,7 @@ from outbox_events import (
 from outbox_events.handlers.gcp import GoogleCloudSimplePubSubHandler
 from outbox_events.retry import RetryPolicy
 from outbox_events.store.tables import DEAD, DELIVERED, PENDING
-from tests.helpers import FakeClock, sampled_span
+from tests.helpers import FakeClock, outbox_row, outbox_rows, sampled_span
 from tests.servers.pubsub import (
     PROJECT,
     STRICT_MAX_MESSAGE_SIZE,
@@ -61,20 +60,6 @@ async def dispatch_all(outbox: Outbox, *events: tuple[Any, ...]) -> list[uuid.UU
             headers: dict[str, str] | None = rest[1] if len(rest) > 1 else None
             ids.append(dispatch(name, payload, key=key, headers=headers))
         return ids
-
-
-async def rows(outbox: Outbox, **where: Any) -> list[dict[str, Any]]:
-    table = outbox.store.table
-    query = sa.select(table).order_by(table.c.id)
-    for column, value in where.items():
-        query = query.where(table.c[column] == value)
-    async with outbox.engine.connect() as connection:
-        return [dict(row._mapping) for row in await connection.execute(query)]
-
-
-async def one_row(outbox: Outbox, event_id: uuid.UUID) -> dict[str, Any]:
-    [row] = await rows(outbox, event_id=event_id)
-    return row
 
 
 def by_event_id(messages: list[Received]) -> dict[str, Received]:
@@ -117,7 +102,7 @@ async def test_events_arrive_with_fastapi_events_body_id_name_and_header_attribu
     assert json.loads(created.data) == ["user.created", ["ann", 3]]
     assert created.attributes == {"event_id": str(plain), "event_name": "user.created"}
     assert created.ordering_key == ""
-    assert (await one_row(outbox, keyed))["state"] == DELIVERED
+    assert (await outbox_row(outbox, event_id=keyed))["state"] == DELIVERED
 
 
 async def test_trace_context_of_the_dispatching_code_travels_as_attributes(
@@ -150,8 +135,8 @@ async def test_too_many_or_too_long_headers_dead_letter_only_that_event(
     result = await outbox.drain()
 
     assert (result.delivered, result.dead_lettered) == (1, 2)
-    assert "Pub/Sub allows 100" in (await one_row(outbox, many))["last_error"]
-    assert "header.note" in (await one_row(outbox, long_value))["last_error"]
+    assert "Pub/Sub allows 100" in (await outbox_row(outbox, event_id=many))["last_error"]
+    assert "header.note" in (await outbox_row(outbox, event_id=long_value))["last_error"]
     [message] = await pubsub.pull(1)
     assert message.attributes["event_id"] == str(fine)
 
@@ -167,7 +152,7 @@ async def test_envelope_body_carries_id_name_payload_key_headers_and_time(
 
     [message] = await pubsub.pull(1)
     body = json.loads(message.data)
-    created_at = (await one_row(outbox, event_id))["created_at"]
+    created_at = (await outbox_row(outbox, event_id=event_id))["created_at"]
     assert body == {
         "id": str(event_id),
         "name": "order.paid",
@@ -242,7 +227,7 @@ async def test_event_name_patterns_choose_what_is_published(
     names = sorted(json.loads(m.data)[0] for m in await pubsub.pull(2))
     assert names == ["order.placed", "refund.issued"]
     assert await pubsub.pull_more() == [], "events the patterns do not match were published"
-    assert {row["destination"] for row in await rows(outbox)} == {"orders-topic"}
+    assert {row["destination"] for row in await outbox_rows(outbox)} == {"orders-topic"}
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -261,7 +246,7 @@ async def test_oversized_event_is_dead_lettered_with_the_reason_while_others_are
     result = await outbox.drain()
 
     assert (result.delivered, result.dead_lettered, result.retried) == (2, 1, 0)
-    row = await one_row(outbox, big)
+    row = await outbox_row(outbox, event_id=big)
     assert row["state"] == DEAD and row["attempts"] == 1, "too large must not be retried"
     assert "message too large" in row["last_error"] and "4096" in row["last_error"]
     assert set(by_event_id(await pubsub.pull(2))) == {str(small), str(keyed)}
@@ -286,7 +271,7 @@ async def test_message_the_server_rejects_is_dead_lettered_alone(
     result = await outbox.drain()
 
     assert (result.delivered, result.dead_lettered) == (3, 1)
-    row = await one_row(outbox, ids[1])
+    row = await outbox_row(outbox, event_id=ids[1])
     assert row["state"] == DEAD
     assert "InvalidArgument" in row["last_error"] and "exceeds the limit" in row["last_error"]
     assert set(by_event_id(await topic.pull(3))) == {str(ids[0]), str(ids[2]), str(ids[3])}
@@ -302,7 +287,7 @@ async def test_missing_topic_dead_letters_at_once(
 
     assert (result.dead_lettered, result.retried, result.delivered) == (2, 0, 0)
     for event_id in ids:
-        row = await one_row(outbox, event_id)
+        row = await outbox_row(outbox, event_id=event_id)
         assert row["state"] == DEAD and row["attempts"] == 1
         assert "NotFound" in row["last_error"] and missing.topic_path in row["last_error"]
 
@@ -331,10 +316,10 @@ async def test_outage_backs_off_then_delivers_everything_in_order_once_the_serve
         ("tick", {"n": 1}),
     )
     first = await outbox.drain()
-    first_row = await one_row(outbox, a1)
+    first_row = await outbox_row(outbox, event_id=a1)
     clock.advance(1)
     second = await outbox.drain()
-    second_row = await one_row(outbox, a1)
+    second_row = await outbox_row(outbox, event_id=a1)
 
     # a1, b1 and the unkeyed one are tried; a2 and b2 wait behind their keys
     assert (first.retried, first.delivered, first.dead_lettered) == (3, 0, 0)
@@ -342,18 +327,18 @@ async def test_outage_backs_off_then_delivers_everything_in_order_once_the_serve
     assert "ServiceUnavailable" in first_row["last_error"]
     assert first_row["available_at"] == clock.now, "first retry 1 s after the failure"
     assert second_row["available_at"] == clock.now + timedelta(seconds=2), "backoff doubles"
-    assert (await one_row(outbox, a2))["attempts"] == 0, "a2 must wait for a1"
+    assert (await outbox_row(outbox, event_id=a2))["attempts"] == 0, "a2 must wait for a1"
 
     await asyncio.to_thread(server.start)  # same port; it starts empty
     await topic.create()
     for _ in range(RECONNECT_ROUNDS):  # the client reconnects after gRPC's own backoff
         clock.advance(3600)
         await outbox.drain()
-        if not await rows(outbox, state=PENDING):
+        if not await outbox_rows(outbox, state=PENDING):
             break
         await asyncio.sleep(RECONNECT_PAUSE)
 
-    assert [row["state"] for row in await rows(outbox)] == [DELIVERED] * 7
+    assert [row["state"] for row in await outbox_rows(outbox)] == [DELIVERED] * 7
     after = await topic.pull(5)
     sequences: defaultdict[str, list[int]] = defaultdict(list)
     for message in before + after:
